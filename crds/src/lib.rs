@@ -1,0 +1,11 @@
+//! Types shared by the statecar sidecar and operator: Dapr's `Component` resource and the typed
+//! metadata of the state stores statecar implements.
+//!
+//! This crate has no Kubernetes client dependency so that the sidecar can link it and stay small.
+
+pub mod component;
+pub mod metadata;
+pub mod redis;
+
+pub use component::{Component, ComponentSpec, MetadataItem, ObjectMeta, SecretKeyRef};
+pub use metadata::{MetadataError, MetadataMap};

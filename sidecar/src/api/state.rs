@@ -1,0 +1,529 @@
+//! The state endpoints: save, get, bulk get, delete, transaction (and the query stub).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::body::{self, StateItem};
+use super::errors::{ApiError, Endpoint};
+use crate::components::StoreEntry;
+use crate::store::{DeleteRequest, Item, Operation, SetRequest};
+
+type Shared = State<Arc<AppState>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// `metadata.*`, `concurrency` and `consistency` from the query string, with the
+/// `concurrency`/`consistency` request headers as a fallback.
+#[derive(Debug, Default)]
+struct Params {
+    metadata: HashMap<String, String>,
+    concurrency: Option<String>,
+    consistency: Option<String>,
+}
+
+impl Params {
+    fn new(query: Option<&str>, headers: &HeaderMap) -> Self {
+        let mut p = Params::default();
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
+        for (name, value) in pairs {
+            if let Some(key) = name.strip_prefix("metadata.") {
+                p.metadata.entry(key.to_string()).or_insert(value);
+            } else if name == "concurrency" {
+                p.concurrency.get_or_insert(value);
+            } else if name == "consistency" {
+                p.consistency.get_or_insert(value);
+            }
+        }
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        p.concurrency = p.concurrency.or_else(|| header("concurrency"));
+        p.consistency = p.consistency.or_else(|| header("consistency"));
+        p
+    }
+}
+
+fn lookup(state: &AppState, store: &str) -> Result<Arc<StoreEntry>, ApiError> {
+    let stores = state.registry.load();
+    if stores.by_name.is_empty() {
+        return Err(ApiError::store_not_configured(store, &state.app_id));
+    }
+    stores
+        .by_name
+        .get(store)
+        .cloned()
+        .ok_or_else(|| ApiError::store_not_found(store, &state.app_id))
+}
+
+/// An etag names a version: a decimal integer. Empty means none.
+fn parse_etag(etag: Option<&str>) -> Result<Option<u64>, String> {
+    match etag {
+        None | Some("") => Ok(None),
+        Some(e) => e
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| format!("invalid etag value: {e:?} is not an etag this store issued")),
+    }
+}
+
+/// Returns true for first-write.
+fn parse_concurrency(v: Option<&str>) -> Result<bool, String> {
+    match v {
+        None | Some("") | Some("last-write") => Ok(false),
+        Some("first-write") => Ok(true),
+        Some(other) => Err(format!(
+            "unrecognized concurrency model '{other}': expected first-write or last-write"
+        )),
+    }
+}
+
+/// Returns true for strong.
+fn parse_consistency(v: Option<&str>) -> Result<bool, String> {
+    match v {
+        None | Some("") | Some("eventual") => Ok(false),
+        Some("strong") => Ok(true),
+        Some(other) => Err(format!(
+            "unrecognized consistency model '{other}': expected strong or eventual"
+        )),
+    }
+}
+
+/// `ttlInSeconds` from request metadata, else the component default. `None` = persistent.
+fn resolve_ttl(
+    metadata: &HashMap<String, String>,
+    default: Option<i64>,
+) -> Result<Option<u64>, String> {
+    let ttl = match metadata.get("ttlInSeconds") {
+        Some(v) => Some(v.trim().parse::<i64>().map_err(|_| {
+            format!("failed to parse ttlInSeconds {v:?}: expected an integer number of seconds")
+        })?),
+        None => default,
+    };
+    Ok(ttl.filter(|t| *t > 0).map(|t| t as u64))
+}
+
+fn check_key(entry: &StoreEntry, key: &str, field: &str) -> Result<(), ApiError> {
+    if key.contains("||") {
+        return Err(ApiError::illegal_key(&entry.name, key, field));
+    }
+    Ok(())
+}
+
+fn body_or_malformed(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError::malformed(e.body_text()))
+}
+
+/// Turns one item of a save body or transaction into a store write.
+fn set_request(
+    entry: &StoreEntry,
+    endpoint: Endpoint,
+    body: &Bytes,
+    item: &StateItem<'_>,
+    key: &str,
+    params: &Params,
+) -> Result<SetRequest, ApiError> {
+    let bad = |cause: String| ApiError::bad_input(endpoint, &entry.name, key, &cause);
+    let etag = parse_etag(item.etag.as_deref()).map_err(bad)?;
+    let concurrency = item
+        .concurrency
+        .as_deref()
+        .or(params.concurrency.as_deref());
+    let consistency = item
+        .consistency
+        .as_deref()
+        .or(params.consistency.as_deref());
+    let first_write = parse_concurrency(concurrency).map_err(bad)?;
+    let strong = parse_consistency(consistency).map_err(bad)?;
+    let ttl = if params.metadata.contains_key("ttlInSeconds") {
+        resolve_ttl(&params.metadata, entry.default_ttl)
+    } else {
+        resolve_ttl(&item.metadata, entry.default_ttl)
+    }
+    .map_err(bad)?;
+    // The value is a slice of the request body: no copy, and exactly the text the client sent.
+    let value = match item.value {
+        Some(raw) => body.slice_ref(raw.get().as_bytes()),
+        None => Bytes::from_static(b"null"),
+    };
+    Ok(SetRequest {
+        key: entry.prefix.apply(key),
+        value,
+        etag,
+        first_write,
+        ttl,
+        strong,
+    })
+}
+
+pub async fn save(
+    State(state): Shared,
+    Path(store): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let entry = lookup(&state, &store)?;
+    let body = body_or_malformed(body)?;
+    let items = body::parse_save(&body).map_err(|e| ApiError::malformed(e.to_string()))?;
+    if items.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let params = Params::new(query.as_deref(), &headers);
+    let mut reqs = Vec::with_capacity(items.len());
+    for item in &items {
+        let key = item.key.as_deref().unwrap_or_default();
+        if key.is_empty() {
+            return Err(ApiError::malformed("\"key\" is a required field"));
+        }
+        check_key(&entry, key, key)?;
+        reqs.push(set_request(
+            &entry,
+            Endpoint::Save,
+            &body,
+            item,
+            key,
+            &params,
+        )?);
+    }
+    if reqs.len() == 1 {
+        let req = reqs.pop().expect("one request");
+        entry
+            .store
+            .set(req)
+            .await
+            .map_err(|e| ApiError::store(Endpoint::Save, &entry.name, "", &e))?;
+    } else {
+        let results = entry.store.bulk_set(reqs).await;
+        let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        if !errors.is_empty() {
+            return Err(ApiError::save_failures(&entry.name, &errors));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `/v1.0/state/{store}/{key}`: GET and DELETE address a key; POST and PUT on the keys `bulk`
+/// and `transaction` are the bulk and transaction endpoints.
+pub async fn by_key(
+    state: Shared,
+    Path((store, key)): Path<(String, String)>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let params = Params::new(query.as_deref(), &headers);
+    match (method, key.as_str()) {
+        (Method::GET, _) => get(state, store, key, params).await,
+        (Method::DELETE, _) => delete(state, store, key, params, &headers).await,
+        (Method::POST | Method::PUT, "bulk") => bulk_get(state, store, params, body).await,
+        (Method::POST | Method::PUT, "transaction") => {
+            transaction(state, store, params, body).await
+        }
+        _ => Err(ApiError::direct_invoke()),
+    }
+}
+
+async fn get(State(state): Shared, store: String, key: String, params: Params) -> ApiResult {
+    let entry = lookup(&state, &store)?;
+    check_key(&entry, &key, &key)?;
+    parse_consistency(params.consistency.as_deref())
+        .map_err(|c| ApiError::bad_input(Endpoint::Get, &store, &key, &c))?;
+    let item = entry
+        .store
+        .get(&entry.prefix.apply(&key))
+        .await
+        .map_err(|e| ApiError::store(Endpoint::Get, &store, &key, &e))?;
+    let Some(item) = item else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        item.data,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if let Some(etag) = item.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(at) = item.expires_at
+        && let Ok(v) = HeaderValue::from_str(&rfc3339(at))
+    {
+        headers.insert(HeaderName::from_static("metadata.ttlexpiretime"), v);
+    }
+    Ok(response)
+}
+
+#[derive(Serialize)]
+struct BulkItem<'a> {
+    key: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Cow<'a, RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<ItemMetadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ItemMetadata {
+    #[serde(rename = "ttlExpireTime")]
+    ttl_expire_time: String,
+}
+
+/// Stored bytes as JSON: verbatim when they are JSON, else as a JSON string.
+fn as_json(data: &[u8]) -> Cow<'_, RawValue> {
+    match serde_json::from_slice::<&RawValue>(data) {
+        Ok(raw) => Cow::Borrowed(raw),
+        Err(_) => {
+            let text = serde_json::to_string(&String::from_utf8_lossy(data)).unwrap_or_default();
+            Cow::Owned(RawValue::from_string(text).unwrap_or_default())
+        }
+    }
+}
+
+async fn bulk_get(
+    State(state): Shared,
+    store: String,
+    params: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let entry = lookup(&state, &store)?;
+    let body = body_or_malformed(body)?;
+    let req = body::parse_bulk(&body)
+        .map_err(|e| ApiError::malformed(format!("failed deserializing HTTP body: {e}")))?;
+    for key in &req.keys {
+        check_key(&entry, key, key)?;
+    }
+    let _ = params; // metadata is accepted; no store uses it for reads
+    // Both stores read natively in bulk (Redis pipelines), so `parallelism` needs no enforcing.
+    let prefixed: Vec<String> = req.keys.iter().map(|k| entry.prefix.apply(k)).collect();
+    let results: Vec<Result<Option<Item>, _>> = if prefixed.is_empty() {
+        Vec::new()
+    } else {
+        entry.store.bulk_get(&prefixed).await
+    };
+    let items: Vec<BulkItem<'_>> = req
+        .keys
+        .iter()
+        .zip(&results)
+        .map(|(key, result)| match result {
+            Ok(Some(item)) => BulkItem {
+                key,
+                data: Some(as_json(&item.data)),
+                etag: item.etag.as_deref(),
+                metadata: item.expires_at.map(|at| ItemMetadata {
+                    ttl_expire_time: rfc3339(at),
+                }),
+                error: None,
+            },
+            Ok(None) => BulkItem {
+                key,
+                data: None,
+                etag: None,
+                metadata: None,
+                error: None,
+            },
+            Err(e) => BulkItem {
+                key,
+                data: None,
+                etag: None,
+                metadata: None,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    let mut json = serde_json::to_vec(&items).map_err(|e| {
+        ApiError::store(
+            Endpoint::BulkGet,
+            &store,
+            "",
+            &crate::store::StoreError::Backend(e.to_string()),
+        )
+    })?;
+    json.push(b'\n');
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+async fn delete(
+    State(state): Shared,
+    store: String,
+    key: String,
+    params: Params,
+    headers: &HeaderMap,
+) -> ApiResult {
+    let entry = lookup(&state, &store)?;
+    check_key(&entry, &key, &key)?;
+    let bad = |cause: String| ApiError::bad_input(Endpoint::Delete, &store, &key, &cause);
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    let etag = parse_etag(if_match.map(str::trim)).map_err(bad)?;
+    parse_concurrency(params.concurrency.as_deref()).map_err(bad)?;
+    let strong = parse_consistency(params.consistency.as_deref()).map_err(bad)?;
+    entry
+        .store
+        .delete(DeleteRequest {
+            key: entry.prefix.apply(&key),
+            etag,
+            strong,
+        })
+        .await
+        .map_err(|e| ApiError::store(Endpoint::Delete, &store, &key, &e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn transaction(
+    State(state): Shared,
+    store: String,
+    params: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let entry = lookup(&state, &store)?;
+    let body = body_or_malformed(body)?;
+    let tx = body::parse_transaction(&body)
+        .map_err(|e| ApiError::malformed(format!("failed deserializing HTTP body: {e}")))?;
+    let mut ops = Vec::with_capacity(tx.operations.len());
+    for (i, op) in tx.operations.iter().enumerate() {
+        let key = op.request.key.as_deref().unwrap_or_default();
+        if key.is_empty() {
+            return Err(ApiError::malformed(format!(
+                "\"key\" is a required field (operation {})",
+                i + 1
+            )));
+        }
+        check_key(&entry, key, "")?;
+        let op = match op.operation.as_str() {
+            "upsert" => Operation::Upsert(set_request(
+                &entry,
+                Endpoint::Transaction,
+                &body,
+                &op.request,
+                key,
+                &params,
+            )?),
+            "delete" => {
+                let bad = |c: String| ApiError::bad_input(Endpoint::Transaction, &store, key, &c);
+                let concurrency = op.request.concurrency.as_deref();
+                let consistency = op.request.consistency.as_deref();
+                parse_concurrency(concurrency.or(params.concurrency.as_deref())).map_err(bad)?;
+                Operation::Delete(DeleteRequest {
+                    key: entry.prefix.apply(key),
+                    etag: parse_etag(op.request.etag.as_deref()).map_err(bad)?,
+                    strong: parse_consistency(consistency.or(params.consistency.as_deref()))
+                        .map_err(bad)?,
+                })
+            }
+            other => return Err(ApiError::unsupported_operation(other)),
+        };
+        ops.push(op);
+    }
+    if !ops.is_empty() {
+        entry
+            .store
+            .transact(ops)
+            .await
+            .map_err(|e| ApiError::store(Endpoint::Transaction, &store, "", &e))?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The alpha query API: no statecar store indexes JSON documents yet.
+pub async fn query(State(state): Shared, Path(store): Path<String>) -> ApiResult {
+    let entry = lookup(&state, &store)?;
+    Err(ApiError::query_not_supported(&entry.name))
+}
+
+/// RFC 3339 in UTC with second precision, e.g. `2025-01-01T10:00:00Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |s| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_735_725_600), "2025-01-01T10:00:00Z");
+    }
+
+    #[test]
+    fn option_values() {
+        assert_eq!(parse_concurrency(Some("first-write")), Ok(true));
+        assert_eq!(parse_concurrency(None), Ok(false));
+        assert!(parse_concurrency(Some("First-Write")).is_err());
+        assert_eq!(parse_consistency(Some("strong")), Ok(true));
+        assert!(parse_consistency(Some("weak")).is_err());
+        assert_eq!(parse_etag(Some("007")), Ok(Some(7)));
+        assert_eq!(parse_etag(Some("")), Ok(None));
+        assert!(parse_etag(Some("abc")).is_err());
+        assert!(parse_etag(Some("-1")).is_err());
+    }
+
+    #[test]
+    fn ttl_resolution() {
+        let md = |v: &str| HashMap::from([("ttlInSeconds".to_string(), v.to_string())]);
+        assert_eq!(resolve_ttl(&md("60"), None), Ok(Some(60)));
+        assert_eq!(resolve_ttl(&md("-1"), Some(30)), Ok(None));
+        assert_eq!(resolve_ttl(&md("0"), None), Ok(None));
+        assert_eq!(resolve_ttl(&HashMap::new(), Some(30)), Ok(Some(30)));
+        assert_eq!(resolve_ttl(&HashMap::new(), None), Ok(None));
+        assert!(resolve_ttl(&md("foo"), None).is_err());
+    }
+
+    #[test]
+    fn query_and_header_params() {
+        let mut headers = HeaderMap::new();
+        headers.insert("consistency", HeaderValue::from_static("strong"));
+        headers.insert("concurrency", HeaderValue::from_static("last-write"));
+        let p = Params::new(
+            Some("metadata.ttlInSeconds=5&metadata.ttlInSeconds=9&concurrency=first-write&x=1"),
+            &headers,
+        );
+        assert_eq!(p.metadata["ttlInSeconds"], "5");
+        assert_eq!(p.concurrency.as_deref(), Some("first-write"));
+        assert_eq!(p.consistency.as_deref(), Some("strong"));
+    }
+}

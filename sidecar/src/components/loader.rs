@@ -1,0 +1,341 @@
+//! Reads Dapr component manifests from directories (standalone mode) and validates them into
+//! [`ComponentConfig`]s. Every error names the file, the component and the field.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use statecar_crds::component::value_text;
+use statecar_crds::metadata::parse_go_duration;
+use statecar_crds::redis::RedisMetadata;
+use statecar_crds::{Component, MetadataMap};
+
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What kind of store a component asks for, with its validated settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreKind {
+    Redis(RedisMetadata),
+    Memory,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentConfig {
+    pub name: String,
+    /// Lower-cased, e.g. `state.redis`.
+    pub component_type: String,
+    pub version: String,
+    /// Where it came from (a file path), for messages.
+    pub source: String,
+    pub ignore_errors: bool,
+    pub init_timeout: Duration,
+    pub kind: StoreKind,
+    /// The lower-cased `keyPrefix` mode (empty = appid).
+    pub key_prefix: String,
+    pub default_ttl: Option<i64>,
+}
+
+impl ComponentConfig {
+    /// The in-memory store `statestore` used when no components are configured at all.
+    pub fn embedded_default() -> Self {
+        Self {
+            name: "statestore".into(),
+            component_type: "state.in-memory".into(),
+            version: "v1".into(),
+            source: "built-in default".into(),
+            ignore_errors: false,
+            init_timeout: DEFAULT_INIT_TIMEOUT,
+            kind: StoreKind::Memory,
+            key_prefix: String::new(),
+            default_ttl: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: document {doc} is not valid YAML: {message}")]
+    Yaml {
+        path: PathBuf,
+        doc: usize,
+        message: String,
+    },
+    #[error("{path}: component {name:?}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        name: String,
+        field: String,
+        message: String,
+    },
+    #[error("component {name:?} is defined twice: in {first} and in {second}")]
+    Duplicate {
+        name: String,
+        first: String,
+        second: String,
+    },
+}
+
+/// Facts about this sidecar that manifests may refer to.
+pub struct LoadContext<'a> {
+    pub app_id: &'a str,
+    /// `NAMESPACE` env: manifests from other namespaces are skipped.
+    pub namespace: Option<&'a str>,
+    pub pod_name: Option<&'a str>,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// The result of loading: the components to start, and the ones skipped with a reason.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub components: Vec<ComponentConfig>,
+    /// Components with `ignoreErrors: true` that failed validation.
+    pub skipped: Vec<LoadError>,
+    /// Notes worth a log line (non-state components, out-of-scope components).
+    pub notes: Vec<String>,
+}
+
+/// Loads every `.yaml`/`.yml` file directly inside each directory, in name order.
+pub fn load_dirs(dirs: &[PathBuf], ctx: &LoadContext<'_>) -> Result<Loaded, LoadError> {
+    let mut loaded = Loaded::default();
+    for dir in dirs {
+        let read = |source| LoadError::Read {
+            path: dir.clone(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(read)? {
+            let path = entry.map_err(read)?.path();
+            let yaml = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+            if yaml && path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            load_text(&path, &text, ctx, &mut loaded)?;
+        }
+    }
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for c in &loaded.components {
+        if let Some(first) = seen.insert(&c.name, &c.source) {
+            return Err(LoadError::Duplicate {
+                name: c.name.clone(),
+                first: first.to_string(),
+                second: c.source.clone(),
+            });
+        }
+    }
+    Ok(loaded)
+}
+
+/// Loads the documents of one file into `loaded`.
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    ctx: &LoadContext<'_>,
+    loaded: &mut Loaded,
+) -> Result<(), LoadError> {
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| LoadError::Yaml {
+            path: path.to_path_buf(),
+            doc: i + 1,
+            message: e.to_string(),
+        })?;
+        let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        if field("apiVersion") != statecar_crds::component::API_VERSION
+            || field("kind") != statecar_crds::component::KIND
+        {
+            continue;
+        }
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let invalid = |field: String, message: String| LoadError::Invalid {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            field,
+            message,
+        };
+        let component: Component =
+            serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+                let field = e.path().to_string();
+                invalid(field, e.into_inner().to_string())
+            })?;
+        if !component.in_scope(ctx.app_id) {
+            loaded.notes.push(format!(
+                "component {name:?} in {} is not scoped to app {:?}; skipped",
+                path.display(),
+                ctx.app_id
+            ));
+            continue;
+        }
+        if let (Some(want), Some(have)) = (ctx.namespace, component.metadata.namespace.as_deref())
+            && want != have
+        {
+            continue;
+        }
+        let category = component.component_type();
+        if !category.starts_with("state.") && !category.is_empty() {
+            loaded.notes.push(format!(
+                "component {name:?} in {} has type {}; statecar serves only state stores, skipped",
+                path.display(),
+                component.spec.type_
+            ));
+            continue;
+        }
+        match resolve(&component, path, ctx) {
+            Ok(config) => loaded.components.push(config),
+            Err((field, message)) if component.spec.ignore_errors => {
+                loaded.skipped.push(invalid(field, message));
+            }
+            Err((field, message)) => return Err(invalid(field, message)),
+        }
+    }
+    Ok(())
+}
+
+/// Validates one component. Errors are `(field path, message)`.
+fn resolve(
+    c: &Component,
+    path: &Path,
+    ctx: &LoadContext<'_>,
+) -> Result<ComponentConfig, (String, String)> {
+    let name = &c.metadata.name;
+    if name.is_empty() {
+        return Err(("metadata.name".into(), "required".into()));
+    }
+    if name == "." || name == ".." || name.contains('/') || name.contains('%') {
+        return Err((
+            "metadata.name".into(),
+            "must be usable as a URL path segment (no '/', '%', '.' or '..')".into(),
+        ));
+    }
+    if !matches!(c.spec.version.as_str(), "" | "v0" | "v1") {
+        return Err((
+            "spec.version".into(),
+            format!("unsupported version {:?}: expected v1", c.spec.version),
+        ));
+    }
+    let init_timeout = match c.spec.init_timeout.as_deref().map(str::trim) {
+        None | Some("") => DEFAULT_INIT_TIMEOUT,
+        Some(t) => parse_go_duration(t).ok_or_else(|| {
+            (
+                "spec.initTimeout".to_string(),
+                format!("invalid duration {t:?}: expected e.g. 5s or 1m"),
+            )
+        })?,
+    };
+
+    let mut md = MetadataMap::new();
+    for (i, item) in c.spec.metadata.iter().enumerate() {
+        let field = || format!("spec.metadata[{i}] ({})", item.name);
+        let value = metadata_value(item, ctx).map_err(|m| (field(), m))?;
+        md.insert(item.name.clone(), value);
+    }
+    let metadata_error =
+        |e: statecar_crds::MetadataError| (format!("spec.metadata.{}", e.field), e.message);
+
+    let key_prefix = md.get("keyPrefix").unwrap_or_default().to_ascii_lowercase();
+    if key_prefix.contains("||") {
+        return Err((
+            "spec.metadata.keyPrefix".into(),
+            "must not contain '||'".into(),
+        ));
+    }
+    let default_ttl = md.get_i64("ttlInSeconds").map_err(metadata_error)?;
+    let component_type = c.component_type();
+    let kind = match component_type.as_str() {
+        "state.redis" => StoreKind::Redis(RedisMetadata::parse(&md).map_err(metadata_error)?),
+        "state.in-memory" => StoreKind::Memory,
+        "" => return Err(("spec.type".into(), "required".into())),
+        other => {
+            return Err((
+                "spec.type".into(),
+                format!(
+                    "unsupported type {other:?}: statecar supports state.redis and state.in-memory"
+                ),
+            ));
+        }
+    };
+    Ok(ComponentConfig {
+        name: name.clone(),
+        component_type,
+        version: if c.spec.version.is_empty() {
+            "v1".into()
+        } else {
+            c.spec.version.clone()
+        },
+        source: path.display().to_string(),
+        ignore_errors: c.spec.ignore_errors,
+        init_timeout,
+        kind,
+        key_prefix,
+        default_ttl,
+    })
+}
+
+/// The text value of one metadata entry, from `value` or `envRef`.
+fn metadata_value(
+    item: &statecar_crds::MetadataItem,
+    ctx: &LoadContext<'_>,
+) -> Result<String, String> {
+    if let Some(v) = item.value.as_ref().filter(|v| !v.is_null()) {
+        return substitute(&value_text(v), ctx);
+    }
+    if let Some(var) = item.env_ref.as_deref().filter(|v| !v.is_empty()) {
+        let upper = var.to_ascii_uppercase();
+        if upper.starts_with("DAPR_") || upper == "APP_API_TOKEN" {
+            return Err(format!(
+                "envRef may not read {var}: it holds a sidecar secret"
+            ));
+        }
+        return (ctx.env)(var)
+            .ok_or_else(|| format!("envRef: environment variable {var} is not set"));
+    }
+    if item.secret_key_ref.is_some() {
+        return Err(
+            "secretKeyRef needs a secret store, which standalone mode does not have; use value or envRef"
+                .into(),
+        );
+    }
+    Ok(String::new())
+}
+
+/// Dapr's value templates: `{appID}`, `{namespace}` (`<namespace>.<app-id>`), `{podName}`.
+fn substitute(value: &str, ctx: &LoadContext<'_>) -> Result<String, String> {
+    if !value.contains('{') {
+        return Ok(value.to_string());
+    }
+    let mut out = value.replace("{appID}", ctx.app_id);
+    if out.contains("{namespace}") {
+        let ns = ctx.namespace.unwrap_or_default();
+        out = out.replace("{namespace}", &format!("{ns}.{}", ctx.app_id));
+    }
+    if out.contains("{podName}") {
+        let pod = ctx
+            .pod_name
+            .ok_or("{podName} is only known when POD_NAME is set")?;
+        out = out.replace("{podName}", pod);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[path = "loader_tests.rs"]
+mod tests;

@@ -1,0 +1,5 @@
+//! statecar: Dapr's state management HTTP API as a small, fast sidecar.
+
+pub mod api;
+pub mod components;
+pub mod store;

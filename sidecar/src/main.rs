@@ -1,0 +1,298 @@
+//! `statecar`: the sidecar binary. CLI and wiring only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use axum::ServiceExt;
+use axum::extract::Request;
+use clap::Parser;
+use statecar::api::{self, ApiConfig, AppState};
+use statecar::components::loader::{ComponentConfig, LoadContext, Loaded};
+use statecar::components::{Registry, Stores, init_all, load_dirs};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::Layer;
+
+/// Dapr's state management API (`/v1.0/state`) as a small, fast sidecar.
+///
+/// Apps talk to it on localhost exactly as they would to daprd. State stores come from Dapr
+/// component files (`state.redis`, `state.in-memory`). With no components configured, an
+/// in-memory store named `statestore` is served.
+#[derive(Debug, Parser)]
+#[command(name = "statecar", version, about, long_about)]
+struct Cli {
+    /// The id of the app this sidecar serves; state keys are prefixed with it by default.
+    #[arg(long, default_value = "")]
+    app_id: String,
+
+    /// A directory of Dapr component YAML files (repeatable). Default: ~/.statecar/components
+    /// if it exists, else the built-in in-memory store.
+    #[arg(
+        long = "resources-path",
+        visible_alias = "components-path",
+        value_name = "DIR"
+    )]
+    resources_path: Vec<PathBuf>,
+
+    /// Port of the HTTP API.
+    #[arg(long, default_value_t = 3500, env = "DAPR_HTTP_PORT")]
+    dapr_http_port: u16,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    dapr_http_address: IpAddr,
+
+    /// Port for health and metadata only, without token auth (off unless given).
+    #[arg(long, value_name = "PORT")]
+    dapr_public_port: Option<u16>,
+
+    /// The app's port (reported by /v1.0/metadata).
+    #[arg(long, value_name = "PORT")]
+    app_port: Option<u16>,
+
+    /// Log level: debug, info, warn or error.
+    #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    log_level: String,
+
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_as_json: bool,
+
+    /// Largest accepted request body, e.g. 4Mi, 16Mi, 500Ki or a number of bytes.
+    #[arg(long, default_value = "4Mi", value_parser = parse_size)]
+    max_body_size: usize,
+
+    /// Older form of --max-body-size, in MB.
+    #[arg(long, value_name = "MB", hide = true)]
+    dapr_http_max_request_size: Option<usize>,
+}
+
+/// A size like Kubernetes quantities: `4Mi` (binary), `4M` (decimal) or plain bytes.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 4Mi"))?;
+    let factor: usize = match unit.trim_end_matches('B') {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit: use Ki, Mi, Gi, K, M or G"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn init_logging(cli: &Cli) {
+    let level: tracing::Level = cli.log_level.parse().unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if cli.log_as_json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_components(cli: &Cli, namespace: Option<&str>) -> Result<Vec<ComponentConfig>> {
+    let mut dirs = cli.resources_path.clone();
+    if dirs.is_empty()
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        let default = PathBuf::from(home).join(".statecar").join("components");
+        if default.is_dir() {
+            dirs.push(default);
+        }
+    }
+    if dirs.is_empty() {
+        tracing::info!(
+            "no --resources-path given and no ~/.statecar/components: serving the built-in \
+             in-memory state store \"statestore\" (data is lost on exit)"
+        );
+        return Ok(vec![ComponentConfig::embedded_default()]);
+    }
+    let pod_name = std::env::var("POD_NAME").ok();
+    let env = |name: &str| std::env::var(name).ok();
+    let ctx = LoadContext {
+        app_id: &cli.app_id,
+        namespace,
+        pod_name: pod_name.as_deref(),
+        env: &env,
+    };
+    let Loaded {
+        components,
+        skipped,
+        notes,
+    } = load_dirs(&dirs, &ctx).context("loading components")?;
+    for note in notes {
+        tracing::info!("{note}");
+    }
+    for e in skipped {
+        tracing::warn!("{e}; skipped because ignoreErrors is true");
+    }
+    if components.is_empty() {
+        tracing::warn!(dirs = ?dirs, "no state store components found; state requests will fail with ERR_STATE_STORE_NOT_CONFIGURED");
+    }
+    Ok(components)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let started = Instant::now();
+    let namespace = std::env::var("NAMESPACE").ok().filter(|n| !n.is_empty());
+    let configs = load_components(&cli, namespace.as_deref())?;
+    let entries = init_all(&configs, &cli.app_id, namespace.as_deref())
+        .await
+        .context("starting components")?;
+    let registry = Arc::new(Registry::new(Stores::new(entries)));
+    let state = Arc::new(AppState::new(registry, cli.app_id.clone(), cli.app_port));
+
+    let max_body_size = match cli.dapr_http_max_request_size {
+        Some(mb) => mb.saturating_mul(1 << 20),
+        None => cli.max_body_size,
+    };
+    let api_token = std::env::var("DAPR_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let config = ApiConfig {
+        max_body_size,
+        api_token,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let api_addr = SocketAddr::new(cli.dapr_http_address, cli.dapr_http_port);
+    let api_listener = TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {api_addr} (--dapr-http-port)"))?;
+    let mut servers = vec![tokio::spawn(serve(
+        api_listener,
+        api::router(state.clone(), &config),
+        stop_rx.clone(),
+    ))];
+    if let Some(port) = cli.dapr_public_port {
+        if port == cli.dapr_http_port {
+            bail!("--dapr-public-port must differ from --dapr-http-port");
+        }
+        let addr = SocketAddr::new(cli.dapr_http_address, port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--dapr-public-port)"))?;
+        servers.push(tokio::spawn(serve(
+            listener,
+            api::public_router(state.clone()),
+            stop_rx.clone(),
+        )));
+    }
+    tracing::info!(
+        app_id = %cli.app_id,
+        address = %api_addr,
+        stores = configs.len(),
+        auth = config.api_token.is_some(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "statecar is ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    for server in servers {
+        server.await.context("server task")??;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    // Paths are normalised before routing, so the layer wraps the whole router.
+    let app = axum::middleware::from_fn(api::normalize_path).layer(router);
+    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("HTTP server")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4Mi"), Ok(4 << 20));
+        assert_eq!(parse_size("4MB"), Ok(4_000_000));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("16Ki"), Ok(16 << 10));
+        assert!(parse_size("4Xi").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
