@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Footprint of the statecar binary: file size, time from exec to the first 204 on
+/v1.0/healthz, and resident memory when idle. Runs the in-memory store and, when
+redis-server is installed, a Redis store on a private loopback server.
+
+Usage: bench/footprint.py [path/to/statecar] [runs]
+"""
+import http.client
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/statecar"
+RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthz(port):
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        c.request("GET", "/v1.0/healthz")
+        return c.getresponse().status
+    except OSError:
+        return None
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def measure(args, runs):
+    starts, rss = [], []
+    for _ in range(runs):
+        port = free_port()
+        t0 = time.perf_counter()
+        p = subprocess.Popen([BIN, "--app-id", "fp", "--dapr-http-port", str(port), *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while healthz(port) != 204:
+            if p.poll() is not None:
+                sys.exit(f"statecar exited with {p.returncode}")
+            time.sleep(0.0005)
+        starts.append((time.perf_counter() - t0) * 1000)
+        time.sleep(1.0)
+        rss.append(rss_kib(p.pid))
+        p.terminate()
+        p.wait()
+    return statistics.median(starts), min(starts), statistics.median(rss)
+
+
+def main():
+    size = os.path.getsize(BIN)
+    print(f"binary: {BIN}, {size / 1024 / 1024:.2f} MiB ({size} bytes)")
+    ms, best, rss = measure([], RUNS)
+    print(f"in-memory store: exec -> 204 on /v1.0/healthz median {ms:.1f} ms (best {best:.1f} ms), "
+          f"idle RSS median {rss / 1024:.1f} MiB over {RUNS} runs")
+    if shutil.which("redis-server"):
+        port = free_port()
+        with tempfile.TemporaryDirectory() as d:
+            r = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", d],
+                                 stdout=subprocess.DEVNULL)
+            try:
+                time.sleep(0.3)
+                with open(os.path.join(d, "statestore.yaml"), "w") as f:
+                    f.write("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n"
+                            "  name: statestore\nspec:\n  type: state.redis\n  version: v1\n"
+                            f"  metadata:\n  - name: redisHost\n    value: 127.0.0.1:{port}\n")
+                ms, best, rss = measure(["--resources-path", d], RUNS)
+                print(f"redis store:     exec -> 204 on /v1.0/healthz median {ms:.1f} ms "
+                      f"(best {best:.1f} ms), idle RSS median {rss / 1024:.1f} MiB over {RUNS} runs")
+            finally:
+                r.terminate()
+                r.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every statecar check on a fresh machine: installs what the tests need (redis-server,
+# the Dapr JS SDK), builds the binary, then runs rustfmt, clippy and all tests.
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server (Debian package)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+fi
+# The package may start a system instance; the tests use their own servers on free ports.
+redis-server --version
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  step "installing Node.js (Debian package) for the Dapr JS SDK test"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+fi
+
+step "installing the Dapr JS SDK (tests/sdk-js)"
+lock=tests/sdk-js/package-lock.json
+stamp=tests/sdk-js/node_modules/.statecar-lock
+if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
+  (cd tests/sdk-js && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$lock" "$stamp"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building statecar"
+cargo build -p sidecar --locked
+export STATECAR_BIN="$PWD/target/debug/statecar"
+
+step "cargo test"
+cargo test --workspace --locked "$@"
+
+step "all checks passed"
