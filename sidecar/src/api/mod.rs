@@ -56,6 +56,10 @@ pub fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
             post(state::query).put(state::query),
         )
         .merge(health::routes());
+    // The fallbacks come before the token layer so that unknown routes need the token too.
+    let routes = routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found);
     let routes = match &config.api_token {
         Some(token) => routes.layer(middleware::from_fn_with_state(
             Arc::new(auth::Token::new(token)),
@@ -64,8 +68,6 @@ pub fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
         None => routes,
     };
     routes
-        .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body_size))
         .with_state(state)
 }
