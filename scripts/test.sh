@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every statecar check on a fresh machine: installs what the tests need (redis-server,
-# the Dapr JS SDK), builds the binary, then runs rustfmt, clippy and all tests.
+# openssl, the Dapr JS SDK), builds the binary, then runs rustfmt, clippy and all tests.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 # The package may start a system instance; the tests use their own servers on free ports.
 redis-server --version
+
+if ! command -v openssl >/dev/null 2>&1; then
+  step "installing openssl (certificates for the Redis TLS test)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >/dev/null
+fi
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   step "installing Node.js (Debian package) for the Dapr JS SDK test"
