@@ -230,7 +230,7 @@ pub async fn by_key(
     match (method, key.as_str()) {
         (Method::GET, _) => get(state, store, key, params).await,
         (Method::DELETE, _) => delete(state, store, key, params, &headers).await,
-        (Method::POST | Method::PUT, "bulk") => bulk_get(state, store, params, body).await,
+        (Method::POST | Method::PUT, "bulk") => bulk_get(state, store, body).await,
         (Method::POST | Method::PUT, "transaction") => {
             transaction(state, store, params, body).await
         }
@@ -304,7 +304,6 @@ fn as_json(data: &[u8]) -> Cow<'_, RawValue> {
 async fn bulk_get(
     State(state): Shared,
     store: String,
-    params: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let entry = lookup(&state, &store)?;
@@ -314,7 +313,6 @@ async fn bulk_get(
     for key in &req.keys {
         check_key(&entry, key, key)?;
     }
-    let _ = params; // metadata is accepted; no store uses it for reads
     // Both stores read natively in bulk (Redis pipelines), so `parallelism` needs no enforcing.
     let prefixed: Vec<String> = req.keys.iter().map(|k| entry.prefix.apply(k)).collect();
     let results: Vec<Result<Option<Item>, _>> = if prefixed.is_empty() {
@@ -326,30 +324,26 @@ async fn bulk_get(
         .keys
         .iter()
         .zip(&results)
-        .map(|(key, result)| match result {
-            Ok(Some(item)) => BulkItem {
-                key,
-                data: Some(as_json(&item.data)),
-                etag: item.etag.as_deref(),
-                metadata: item.expires_at.map(|at| ItemMetadata {
-                    ttl_expire_time: rfc3339(at),
-                }),
-                error: None,
-            },
-            Ok(None) => BulkItem {
+        .map(|(key, result)| {
+            let mut out = BulkItem {
                 key,
                 data: None,
                 etag: None,
                 metadata: None,
                 error: None,
-            },
-            Err(e) => BulkItem {
-                key,
-                data: None,
-                etag: None,
-                metadata: None,
-                error: Some(e.to_string()),
-            },
+            };
+            match result {
+                Ok(Some(item)) => {
+                    out.data = Some(as_json(&item.data));
+                    out.etag = item.etag.as_deref();
+                    out.metadata = item.expires_at.map(|at| ItemMetadata {
+                        ttl_expire_time: rfc3339(at),
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => out.error = Some(e.to_string()),
+            }
+            out
         })
         .collect();
     let mut json = serde_json::to_vec(&items).map_err(|e| {
