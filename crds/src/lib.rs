@@ -6,6 +6,7 @@
 pub mod component;
 pub mod metadata;
 pub mod redis;
+pub mod validate;
 
 pub use component::{Component, ComponentSpec, MetadataItem, ObjectMeta, SecretKeyRef};
 pub use metadata::{MetadataError, MetadataMap};

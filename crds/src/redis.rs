@@ -7,6 +7,57 @@ use crate::metadata::{MetadataError, MetadataMap};
 
 pub const DEFAULT_PORT: u16 = 6379;
 
+/// Every metadata name a Dapr `state.redis` manifest may carry. Names statecar does not act on
+/// (pool tuning of Dapr's Go client, pub/sub settings shared in one manifest, RedisJSON query
+/// indexes) are accepted and ignored, so existing manifests load unchanged.
+pub const KNOWN_NAMES: &[&str] = &[
+    "redisHost",
+    "redisPort",
+    "redisPassword",
+    "redisUsername",
+    "redisDB",
+    "redisType",
+    "enableTLS",
+    "insecureSkipTLSVerify",
+    "clientCert",
+    "clientKey",
+    "failover",
+    "sentinelMasterName",
+    "sentinelUsername",
+    "sentinelPassword",
+    "redisMaxRetries",
+    "maxRetries",
+    "redisMinRetryInterval",
+    "redisMaxRetryInterval",
+    "maxRetryBackoff",
+    "dialTimeout",
+    "readTimeout",
+    "writeTimeout",
+    "poolSize",
+    "minIdleConns",
+    "maxConnAge",
+    "poolTimeout",
+    "idleTimeout",
+    "idleCheckFrequency",
+    "queryIndexes",
+    "useEntraID",
+    "useAzureAD",
+    "useOIDC",
+    "oidcTokenEndpoint",
+    "oidcClientID",
+    "oidcClientSecret",
+    "oidcScopes",
+    "oidcAudience",
+    "consumerID",
+    "processingTimeout",
+    "redeliverInterval",
+    "queueDepth",
+    "concurrency",
+    "maxLenApprox",
+    "streamTTL",
+    "enableCache",
+];
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisMetadata {
     /// `host:port` of the single Redis node.

@@ -7,18 +7,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use statecar_crds::component::value_text;
-use statecar_crds::metadata::parse_go_duration;
-use statecar_crds::redis::RedisMetadata;
+use statecar_crds::validate::{validate, validate_name};
 use statecar_crds::{Component, MetadataMap};
 
-pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
-
+pub use statecar_crds::validate::DEFAULT_INIT_TIMEOUT;
 /// What kind of store a component asks for, with its validated settings.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreKind {
-    Redis(RedisMetadata),
-    Memory,
-}
+pub use statecar_crds::validate::StoreSettings as StoreKind;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComponentConfig {
@@ -217,76 +211,24 @@ fn resolve(
     ctx: &LoadContext<'_>,
 ) -> Result<ComponentConfig, (String, String)> {
     let name = &c.metadata.name;
-    if name.is_empty() {
-        return Err(("metadata.name".into(), "required".into()));
-    }
-    if name == "." || name == ".." || name.contains('/') || name.contains('%') {
-        return Err((
-            "metadata.name".into(),
-            "must be usable as a URL path segment (no '/', '%', '.' or '..')".into(),
-        ));
-    }
-    if !matches!(c.spec.version.as_str(), "" | "v0" | "v1") {
-        return Err((
-            "spec.version".into(),
-            format!("unsupported version {:?}: expected v1", c.spec.version),
-        ));
-    }
-    let init_timeout = match c.spec.init_timeout.as_deref().map(str::trim) {
-        None | Some("") => DEFAULT_INIT_TIMEOUT,
-        Some(t) => parse_go_duration(t).ok_or_else(|| {
-            (
-                "spec.initTimeout".to_string(),
-                format!("invalid duration {t:?}: expected e.g. 5s or 1m"),
-            )
-        })?,
-    };
-
+    validate_name(name).map_err(|e| (e.field, e.message))?;
     let mut md = MetadataMap::new();
     for (i, item) in c.spec.metadata.iter().enumerate() {
-        let field = || format!("spec.metadata[{i}] ({})", item.name);
-        let value = metadata_value(item, ctx).map_err(|m| (field(), m))?;
+        let value = metadata_value(item, ctx)
+            .map_err(|m| (format!("spec.metadata[{i}] ({})", item.name), m))?;
         md.insert(item.name.clone(), value);
     }
-    let metadata_error =
-        |e: statecar_crds::MetadataError| (format!("spec.metadata.{}", e.field), e.message);
-
-    let key_prefix = md.get("keyPrefix").unwrap_or_default().to_ascii_lowercase();
-    if key_prefix.contains("||") {
-        return Err((
-            "spec.metadata.keyPrefix".into(),
-            "must not contain '||'".into(),
-        ));
-    }
-    let default_ttl = md.get_i64("ttlInSeconds").map_err(metadata_error)?;
-    let component_type = c.component_type();
-    let kind = match component_type.as_str() {
-        "state.redis" => StoreKind::Redis(RedisMetadata::parse(&md).map_err(metadata_error)?),
-        "state.in-memory" => StoreKind::Memory,
-        "" => return Err(("spec.type".into(), "required".into())),
-        other => {
-            return Err((
-                "spec.type".into(),
-                format!(
-                    "unsupported type {other:?}: statecar supports state.redis and state.in-memory"
-                ),
-            ));
-        }
-    };
+    let valid = validate(&c.spec, &md).map_err(|e| (e.field, e.message))?;
     Ok(ComponentConfig {
         name: name.clone(),
-        component_type,
-        version: if c.spec.version.is_empty() {
-            "v1".into()
-        } else {
-            c.spec.version.clone()
-        },
+        component_type: valid.component_type,
+        version: valid.version,
         source: path.display().to_string(),
         ignore_errors: c.spec.ignore_errors,
-        init_timeout,
-        kind,
-        key_prefix,
-        default_ttl,
+        init_timeout: valid.init_timeout,
+        kind: valid.settings,
+        key_prefix: valid.key_prefix,
+        default_ttl: valid.default_ttl,
     })
 }
 
