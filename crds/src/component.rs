@@ -8,21 +8,53 @@ pub const KIND: &str = "Component";
 
 /// A Dapr component manifest. Unknown fields are ignored so that manifests written for newer
 /// Dapr releases still load.
+///
+/// `M` is the object metadata: the small [`ObjectMeta`] for files and the sidecar, Kubernetes'
+/// own for the custom resource (see the `kube` feature). `auth` and `scopes` sit beside `spec`,
+/// as in Dapr's schema.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Component {
+pub struct Component<M = ObjectMeta> {
     #[serde(default)]
     pub api_version: String,
     #[serde(default)]
     pub kind: String,
     #[serde(default)]
-    pub metadata: ObjectMeta,
+    pub metadata: M,
     #[serde(default)]
     pub spec: ComponentSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// Written by the operator (a statecar extension; Dapr's resource has no status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ComponentStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition, shaped like Kubernetes' `metav1.Condition`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -78,7 +110,7 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-impl Component {
+impl<M> Component<M> {
     /// True when this manifest is a Dapr component (other kinds may share a file).
     pub fn is_component(&self) -> bool {
         self.api_version == API_VERSION && self.kind == KIND
@@ -118,7 +150,7 @@ mod tests {
 
     #[test]
     fn scopes() {
-        let mut c = Component::default();
+        let mut c: Component = Component::default();
         assert!(c.in_scope("a"));
         c.scopes = vec!["b".into()];
         assert!(!c.in_scope("a"));

@@ -4,6 +4,8 @@
 //! This crate has no Kubernetes client dependency so that the sidecar can link it and stay small.
 
 pub mod component;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod metadata;
 pub mod redis;
 pub mod validate;
