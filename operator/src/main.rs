@@ -1,0 +1,185 @@
+//! `statecar-operator`: CLI and wiring only.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use statecar_operator::cache::Cache;
+use statecar_operator::delivery::{self, Delivery};
+use statecar_operator::leader::LeaderElection;
+use statecar_operator::metrics::Metrics;
+use statecar_operator::probes::{self, Probes};
+use statecar_operator::reconcile::{self, Context};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Reconciles Dapr Component resources (dapr.io/v1alpha1) for statecar: validates each one
+/// (secrets included) into a Ready condition, and streams every connected statecar sidecar the
+/// components of its namespace scoped to its app id, live.
+///
+/// Runs in-cluster with its service account, or out of cluster with KUBECONFIG.
+#[derive(Debug, Parser)]
+#[command(name = "statecar-operator", version, about, long_about)]
+struct Cli {
+    /// Where sidecars connect for their config stream.
+    #[arg(long, default_value = "0.0.0.0:6500", env = "STATECAR_CONFIG_LISTEN")]
+    config_listen: SocketAddr,
+
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "STATECAR_PROBE_LISTEN")]
+    probe_listen: SocketAddr,
+
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "statecar-operator")]
+    lease_name: String,
+
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Write status without electing a leader (for a single replica).
+    #[arg(long)]
+    disable_leader_election: bool,
+
+    /// Log level: debug, info, warn or error.
+    #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    log_level: String,
+
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_as_json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level: tracing::Level = cli.log_level.parse().unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if cli.log_as_json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let identity = cli.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "statecar-operator".into()),
+            std::process::id()
+        )
+    });
+    let metrics = Arc::new(Metrics::default());
+    let cache = Cache::start(client.clone());
+
+    let probe_listener = TcpListener::bind(cli.probe_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--probe-listen)", cli.probe_listen))?;
+    let probes = probes::router(Probes {
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(async move { axum::serve(probe_listener, probes).await });
+
+    let config_listener = TcpListener::bind(cli.config_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--config-listen)", cli.config_listen))?;
+    let delivery = delivery::router(Arc::new(Delivery {
+        client: client.clone(),
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+    }));
+
+    cache.ready().await;
+    tracing::info!(config = %cli.config_listen, probes = %cli.probe_listen, %identity, "caches synced; serving sidecars");
+    let config_server = tokio::spawn(async move { axum::serve(config_listener, delivery).await });
+
+    let (leader_tx, mut leader_rx) = watch::channel(cli.disable_leader_election);
+    let election = (!cli.disable_leader_election)
+        .then(|| LeaderElection::new(client.clone(), &cli.namespace, &cli.lease_name, &identity));
+    if let Some(election) = election {
+        tokio::spawn(election.run(leader_tx));
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cache,
+        metrics.clone(),
+        &identity,
+    ));
+
+    let controller = async {
+        loop {
+            if leader_rx.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            metrics
+                .leader
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("leading: writing component status");
+            tokio::select! {
+                _ = reconcile::run(ctx.clone()) => return,
+                _ = leader_rx.wait_for(|l| !*l) => {
+                    tracing::info!("lost the lease: stopped writing status");
+                    metrics.leader.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = controller => {}
+        r = config_server => { r.context("config server task")?.context("config server")?; }
+        _ = shutdown_signal() => {}
+    }
+    if !cli.disable_leader_election {
+        LeaderElection::new(client, &cli.namespace, &cli.lease_name, &identity)
+            .release()
+            .await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
