@@ -4,15 +4,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use axum::ServiceExt;
 use axum::extract::Request;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use statecar::api::{self, ApiConfig, AppState};
 use statecar::components::loader::{ComponentConfig, LoadContext, Loaded};
 use statecar::components::{Registry, Stores, init_all, load_dirs};
+use statecar::delivery::{self, Endpoint, StreamConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Layer;
@@ -22,15 +23,30 @@ use tower::Layer;
 /// Apps talk to it on localhost exactly as they would to daprd. State stores come from Dapr
 /// component files (`state.redis`, `state.in-memory`). With no components configured, an
 /// in-memory store named `statestore` is served.
+///
+/// In Kubernetes mode (`--mode kubernetes`, set by the statecar injector) the components come
+/// from the statecar operator instead: the sidecar holds a stream open to
+/// `--control-plane-address`, authenticated with the pod's service-account token, and applies
+/// every new set of components without a restart (in-flight requests finish on the old
+/// stores). The API is served at once, but `/v1.0/healthz` answers 500 ERR_HEALTH_NOT_READY
+/// until the first set is in effect. With `--config-cache`, the last set is kept on disk so
+/// that a restart while the operator is unreachable still comes up (after
+/// `--control-plane-timeout`).
 #[derive(Debug, Parser)]
 #[command(name = "statecar", version, about, long_about)]
 struct Cli {
+    /// Where components come from: `standalone` (component files) or `kubernetes` (the statecar
+    /// operator).
+    #[arg(long, value_enum, default_value_t = Mode::Standalone)]
+    mode: Mode,
+
     /// The id of the app this sidecar serves; state keys are prefixed with it by default.
+    /// Required in Kubernetes mode.
     #[arg(long, default_value = "")]
     app_id: String,
 
     /// A directory of Dapr component YAML files (repeatable). Default: ~/.statecar/components
-    /// if it exists, else the built-in in-memory store.
+    /// if it exists, else the built-in in-memory store. Standalone mode only.
     #[arg(
         long = "resources-path",
         visible_alias = "components-path",
@@ -69,6 +85,145 @@ struct Cli {
     /// Older form of --max-body-size, in MB.
     #[arg(long, value_name = "MB", hide = true)]
     dapr_http_max_request_size: Option<usize>,
+
+    /// The statecar operator: HOST:PORT (plain HTTP) or an http:// or https:// URL.
+    /// Required in Kubernetes mode.
+    #[arg(long, value_name = "HOST:PORT|URL", help_heading = "Kubernetes mode")]
+    control_plane_address: Option<String>,
+
+    /// The pod's namespace. Required in Kubernetes mode; in standalone mode, components of
+    /// other namespaces are skipped and `keyPrefix: namespace` uses it.
+    #[arg(
+        long,
+        env = "NAMESPACE",
+        value_name = "NS",
+        help_heading = "Kubernetes mode"
+    )]
+    namespace: Option<String>,
+
+    /// The pod's name (for the operator's checks and `{podName}` in metadata values).
+    /// Required in Kubernetes mode.
+    #[arg(
+        long,
+        env = "POD_NAME",
+        value_name = "NAME",
+        help_heading = "Kubernetes mode"
+    )]
+    pod_name: Option<String>,
+
+    /// The service-account token presented to the operator; re-read on every connect, as
+    /// tokens rotate.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        help_heading = "Kubernetes mode"
+    )]
+    token_file: PathBuf,
+
+    /// PEM CA bundle to verify an https:// operator with (default: the system roots).
+    #[arg(long, value_name = "FILE", help_heading = "Kubernetes mode")]
+    control_plane_ca: Option<PathBuf>,
+
+    /// Keep the last configuration from the operator in FILE (written atomically, mode 0600:
+    /// it holds resolved secrets). When the operator cannot be reached within
+    /// --control-plane-timeout at startup, the sidecar starts from it. Default: no cache.
+    #[arg(long, value_name = "FILE", help_heading = "Kubernetes mode")]
+    config_cache: Option<PathBuf>,
+
+    /// How long to wait at startup for the operator before falling back to --config-cache,
+    /// e.g. 10s, 1500ms, 1m. Without a cache the sidecar keeps waiting (not ready).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration,
+        help_heading = "Kubernetes mode"
+    )]
+    control_plane_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Components from --resources-path.
+    Standalone,
+    /// Components from the statecar operator (--control-plane-address).
+    Kubernetes,
+}
+
+/// Go duration syntax (`10s`, `1m30s`, `500ms`); a plain number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    statecar_crds::metadata::parse_go_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration such as 10s, 1500ms or 1m"))
+}
+
+impl Cli {
+    fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref().filter(|n| !n.is_empty())
+    }
+
+    fn pod_name(&self) -> Option<&str> {
+        self.pod_name.as_deref().filter(|n| !n.is_empty())
+    }
+
+    /// Checks the flags that depend on `--mode`; in Kubernetes mode returns its settings.
+    fn kubernetes_settings(&self) -> Result<Option<delivery::Settings>> {
+        if self.mode == Mode::Standalone {
+            for (given, flag) in [
+                (
+                    self.control_plane_address.is_some(),
+                    "--control-plane-address",
+                ),
+                (self.control_plane_ca.is_some(), "--control-plane-ca"),
+                (self.config_cache.is_some(), "--config-cache"),
+            ] {
+                if given {
+                    bail!("{flag} is only used with --mode kubernetes");
+                }
+            }
+            return Ok(None);
+        }
+        if !self.resources_path.is_empty() {
+            bail!(
+                "--resources-path cannot be used with --mode kubernetes: components come from \
+                 the operator (--control-plane-address)"
+            );
+        }
+        if self.app_id.is_empty() {
+            bail!("--app-id is required with --mode kubernetes");
+        }
+        let Some(address) = &self.control_plane_address else {
+            bail!("--control-plane-address is required with --mode kubernetes");
+        };
+        let endpoint = Endpoint::parse(address)
+            .map_err(|e| anyhow::anyhow!("--control-plane-address: {e}"))?;
+        let Some(namespace) = self.namespace() else {
+            bail!("--namespace (or NAMESPACE) is required with --mode kubernetes");
+        };
+        let Some(pod_name) = self.pod_name() else {
+            bail!("--pod-name (or POD_NAME) is required with --mode kubernetes");
+        };
+        if self.control_plane_ca.is_some() && !endpoint.tls {
+            tracing::warn!("--control-plane-ca is ignored: the operator address is not https://");
+        }
+        Ok(Some(delivery::Settings {
+            stream: StreamConfig {
+                endpoint,
+                namespace: namespace.to_string(),
+                app_id: self.app_id.clone(),
+                pod_name: pod_name.to_string(),
+                token_file: self.token_file.clone(),
+                ca_file: self.control_plane_ca.clone(),
+                connect_timeout: self.control_plane_timeout.max(Duration::from_secs(1)),
+            },
+            cache_file: self.config_cache.clone(),
+            startup_timeout: self.control_plane_timeout,
+        }))
+    }
 }
 
 /// A size like Kubernetes quantities: `4Mi` (binary), `4M` (decimal) or plain bytes.
@@ -152,12 +307,11 @@ fn load_components(cli: &Cli, namespace: Option<&str>) -> Result<Vec<ComponentCo
         );
         return Ok(vec![ComponentConfig::embedded_default()]);
     }
-    let pod_name = std::env::var("POD_NAME").ok();
     let env = |name: &str| std::env::var(name).ok();
     let ctx = LoadContext {
         app_id: &cli.app_id,
         namespace,
-        pod_name: pod_name.as_deref(),
+        pod_name: cli.pod_name(),
         env: &env,
     };
     let Loaded {
@@ -179,13 +333,23 @@ fn load_components(cli: &Cli, namespace: Option<&str>) -> Result<Vec<ComponentCo
 
 async fn run(cli: Cli) -> Result<()> {
     let started = Instant::now();
-    let namespace = std::env::var("NAMESPACE").ok().filter(|n| !n.is_empty());
-    let configs = load_components(&cli, namespace.as_deref())?;
-    let entries = init_all(&configs, &cli.app_id, namespace.as_deref())
-        .await
-        .context("starting components")?;
-    let registry = Arc::new(Registry::new(Stores::new(entries)));
+    let kubernetes = cli.kubernetes_settings()?;
+    let namespace = cli.namespace();
+    let stores = match &kubernetes {
+        // The operator's components arrive once the API is up.
+        Some(_) => None,
+        None => {
+            let configs = load_components(&cli, namespace)?;
+            let entries = init_all(&configs, &cli.app_id, namespace)
+                .await
+                .context("starting components")?;
+            Some(Stores::new(entries))
+        }
+    };
+    let store_count = stores.as_ref().map(|s| s.by_name.len());
+    let registry = Arc::new(Registry::new(stores.unwrap_or_default()));
     let state = Arc::new(AppState::new(registry, cli.app_id.clone(), cli.app_port));
+    state.set_ready(kubernetes.is_none());
 
     let max_body_size = match cli.dapr_http_max_request_size {
         Some(mb) => mb.saturating_mul(1 << 20),
@@ -223,17 +387,34 @@ async fn run(cli: Cli) -> Result<()> {
             stop_rx.clone(),
         )));
     }
-    tracing::info!(
-        app_id = %cli.app_id,
-        address = %api_addr,
-        stores = configs.len(),
-        auth = config.api_token.is_some(),
-        startup_ms = started.elapsed().as_millis() as u64,
-        "statecar is ready"
-    );
+    let delivery = match kubernetes {
+        Some(settings) => {
+            tracing::info!(
+                app_id = %cli.app_id,
+                address = %api_addr,
+                auth = config.api_token.is_some(),
+                "statecar is serving; not ready until the operator's components are applied"
+            );
+            Some(tokio::spawn(delivery::run(settings, state.clone())))
+        }
+        None => {
+            tracing::info!(
+                app_id = %cli.app_id,
+                address = %api_addr,
+                stores = store_count.unwrap_or_default(),
+                auth = config.api_token.is_some(),
+                startup_ms = started.elapsed().as_millis() as u64,
+                "statecar is ready"
+            );
+            None
+        }
+    };
 
     shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight requests");
+    if let Some(task) = delivery {
+        task.abort();
+    }
     let _ = stop_tx.send(true);
     for server in servers {
         server.await.context("server task")??;

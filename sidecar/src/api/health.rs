@@ -32,8 +32,12 @@ struct HealthQuery {
     appid: Option<String>,
 }
 
-/// Ready: the API is only served once every component has started.
+/// Ready: in standalone mode the API is only served once every component has started; in
+/// Kubernetes mode, once the first configuration has been applied.
 async fn healthz(State(state): State<Arc<AppState>>, Query(q): Query<HealthQuery>) -> Response {
+    if !state.is_ready() {
+        return ApiError::health_not_ready("components").into_response();
+    }
     match q.appid {
         Some(id) if id != state.app_id => ApiError::health_app_id_mismatch().into_response(),
         _ => StatusCode::NO_CONTENT.into_response(),

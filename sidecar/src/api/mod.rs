@@ -1,6 +1,7 @@
 //! The Dapr-compatible HTTP API: routes, state handlers, errors, token auth, health, metadata.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
@@ -27,6 +28,9 @@ pub struct AppState {
     /// `PUT /v1.0/metadata/{attr}` values, shown under `extended`.
     pub extended: RwLock<BTreeMap<String, String>>,
     pub app_port: Option<u16>,
+    /// False until the first configuration is in effect (Kubernetes mode, before the operator's
+    /// first snapshot or the config cache); `/v1.0/healthz` answers 500 meanwhile.
+    ready: AtomicBool,
 }
 
 impl AppState {
@@ -36,7 +40,19 @@ impl AppState {
             app_id,
             extended: RwLock::new(BTreeMap::new()),
             app_port,
+            ready: AtomicBool::new(true),
         }
+    }
+
+    /// Marks the sidecar ready or not ready (see [`AppState::is_ready`]).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Whether the components are configured. Always true in standalone mode, where the
+    /// API is only served once they are.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 }
 

@@ -68,21 +68,11 @@ pub async fn init_all(
     app_id: &str,
     namespace: Option<&str>,
 ) -> Result<Vec<StoreEntry>, InitError> {
-    let results =
-        futures_util::future::join_all(configs.iter().map(|c| init_one(c, app_id, namespace)))
-            .await;
+    let results = init_each(configs, app_id, namespace).await;
     let mut entries = Vec::with_capacity(results.len());
     for (config, result) in configs.iter().zip(results) {
         match result {
-            Ok(entry) => {
-                tracing::info!(
-                    component = %config.name,
-                    r#type = %config.component_type,
-                    source = %config.source,
-                    "state store ready"
-                );
-                entries.push(entry);
-            }
+            Ok(entry) => entries.push(entry),
             Err(e) if config.ignore_errors => {
                 tracing::warn!(error = %e, "component failed to start; skipped because ignoreErrors is true");
             }
@@ -90,4 +80,27 @@ pub async fn init_all(
         }
     }
     Ok(entries)
+}
+
+/// Starts every store concurrently and returns each outcome, in the order of `configs`.
+/// Nothing is fatal here: the caller decides what a failure means.
+pub async fn init_each(
+    configs: &[ComponentConfig],
+    app_id: &str,
+    namespace: Option<&str>,
+) -> Vec<Result<StoreEntry, InitError>> {
+    let results =
+        futures_util::future::join_all(configs.iter().map(|c| init_one(c, app_id, namespace)))
+            .await;
+    for (config, result) in configs.iter().zip(&results) {
+        if result.is_ok() {
+            tracing::info!(
+                component = %config.name,
+                r#type = %config.component_type,
+                source = %config.source,
+                "state store ready"
+            );
+        }
+    }
+    results
 }

@@ -160,54 +160,96 @@ pub fn load_text(
             .and_then(|n| n.as_str())
             .unwrap_or_default()
             .to_string();
-        let invalid = |field: String, message: String| LoadError::Invalid {
-            path: path.to_path_buf(),
-            name: name.clone(),
-            field,
-            message,
-        };
         let component: Component =
-            serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-                let field = e.path().to_string();
-                invalid(field, e.into_inner().to_string())
+            serde_path_to_error::deserialize(value).map_err(|e| LoadError::Invalid {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                field: e.path().to_string(),
+                message: e.into_inner().to_string(),
             })?;
-        if !component.in_scope(ctx.app_id) {
-            loaded.notes.push(format!(
-                "component {name:?} in {} is not scoped to app {:?}; skipped",
-                path.display(),
-                ctx.app_id
-            ));
-            continue;
-        }
-        if let (Some(want), Some(have)) = (ctx.namespace, component.metadata.namespace.as_deref())
-            && want != have
-        {
-            continue;
-        }
-        let category = component.component_type();
-        if !category.starts_with("state.") && !category.is_empty() {
-            loaded.notes.push(format!(
-                "component {name:?} in {} has type {}; statecar serves only state stores, skipped",
-                path.display(),
-                component.spec.type_
-            ));
-            continue;
-        }
-        match resolve(&component, path, ctx) {
-            Ok(config) => loaded.components.push(config),
-            Err((field, message)) if component.spec.ignore_errors => {
-                loaded.skipped.push(invalid(field, message));
-            }
-            Err((field, message)) => return Err(invalid(field, message)),
-        }
+        load_component(&component, &path.display().to_string(), ctx, loaded)?;
     }
     Ok(())
+}
+
+/// Validates one component manifest from `source` (a file path, or e.g. `operator`) into
+/// `loaded`, exactly as a document of a component file: out-of-scope, other-namespace and
+/// non-state components are skipped (with a note), an invalid one is an error unless it has
+/// `ignoreErrors: true`.
+pub fn load_component(
+    component: &Component,
+    source: &str,
+    ctx: &LoadContext<'_>,
+    loaded: &mut Loaded,
+) -> Result<(), LoadError> {
+    let name = &component.metadata.name;
+    let invalid = |field: String, message: String| LoadError::Invalid {
+        path: PathBuf::from(source),
+        name: name.clone(),
+        field,
+        message,
+    };
+    if !component.in_scope(ctx.app_id) {
+        loaded.notes.push(format!(
+            "component {name:?} in {source} is not scoped to app {:?}; skipped",
+            ctx.app_id
+        ));
+        return Ok(());
+    }
+    if let (Some(want), Some(have)) = (ctx.namespace, component.metadata.namespace.as_deref())
+        && want != have
+    {
+        return Ok(());
+    }
+    let category = component.component_type();
+    if !category.starts_with("state.") && !category.is_empty() {
+        loaded.notes.push(format!(
+            "component {name:?} in {source} has type {}; statecar serves only state stores, skipped",
+            component.spec.type_
+        ));
+        return Ok(());
+    }
+    match resolve(component, source, ctx) {
+        Ok(config) => loaded.components.push(config),
+        Err((field, message)) if component.spec.ignore_errors => {
+            loaded.skipped.push(invalid(field, message));
+        }
+        Err((field, message)) => return Err(invalid(field, message)),
+    }
+    Ok(())
+}
+
+/// Validates a list of components from one `source` (the operator's snapshot, the config
+/// cache). Unlike files, one invalid component does not fail the rest: its error is returned
+/// beside the components that did validate. A repeated name keeps the first.
+pub fn load_list(
+    components: &[Component],
+    source: &str,
+    ctx: &LoadContext<'_>,
+) -> (Loaded, Vec<LoadError>) {
+    let mut loaded = Loaded::default();
+    let mut errors = Vec::new();
+    for component in components {
+        let name = &component.metadata.name;
+        if loaded.components.iter().any(|c| &c.name == name) {
+            errors.push(LoadError::Duplicate {
+                name: name.clone(),
+                first: source.to_string(),
+                second: source.to_string(),
+            });
+            continue;
+        }
+        if let Err(e) = load_component(component, source, ctx, &mut loaded) {
+            errors.push(e);
+        }
+    }
+    (loaded, errors)
 }
 
 /// Validates one component. Errors are `(field path, message)`.
 fn resolve(
     c: &Component,
-    path: &Path,
+    source: &str,
     ctx: &LoadContext<'_>,
 ) -> Result<ComponentConfig, (String, String)> {
     let name = &c.metadata.name;
@@ -223,7 +265,7 @@ fn resolve(
         name: name.clone(),
         component_type: valid.component_type,
         version: valid.version,
-        source: path.display().to_string(),
+        source: source.to_string(),
         ignore_errors: c.spec.ignore_errors,
         init_timeout: valid.init_timeout,
         kind: valid.settings,

@@ -204,3 +204,63 @@ fn directories_load_yaml_files_and_reject_duplicates() {
     let e = load_dirs(&[dir.path().join("missing")], &ctx()).unwrap_err();
     assert!(e.to_string().contains("missing"), "{e}");
 }
+
+fn component(yaml: &str) -> Component {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+#[test]
+fn operator_components_validate_like_files() {
+    let ctx = LoadContext {
+        namespace: Some("prod"),
+        pod_name: Some("pod-1"),
+        ..ctx()
+    };
+    let good = component(&REDIS.replace("value: MyPrefix", "value: \"{podName}\""));
+    let mut loaded = Loaded::default();
+    load_component(&good, "operator", &ctx, &mut loaded).unwrap();
+    let [c] = &loaded.components[..] else {
+        panic!("{loaded:?}")
+    };
+    assert_eq!(c.source, "operator");
+    assert_eq!(c.key_prefix, "pod-1");
+
+    // The same error as from a file, naming the source instead of a path.
+    let bad = component(&REDIS.replace("value: 3", "value: abc"));
+    let e = load_component(&bad, "operator", &ctx, &mut Loaded::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("operator: component \"statestore\"") && e.contains("redisDB"),
+        "{e}"
+    );
+}
+
+#[test]
+fn one_bad_component_in_a_list_leaves_the_others() {
+    let mem = |name: &str| {
+        component(&format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\n\
+             spec:\n  type: state.in-memory\n  version: v1\n"
+        ))
+    };
+    let bad = component(
+        &REDIS
+            .replace("name: statestore", "name: bad")
+            .replace("value: 3", "value: x"),
+    );
+    let list = [mem("a"), bad, mem("b"), mem("a")];
+    let (loaded, errors) = load_list(&list, "operator", &ctx());
+    let names: Vec<_> = loaded.components.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].to_string().contains("\"bad\""), "{}", errors[0]);
+    assert!(
+        matches!(errors[1], LoadError::Duplicate { .. }),
+        "{}",
+        errors[1]
+    );
+
+    // Existing file behaviour is unchanged: the first invalid document fails the file.
+    assert!(load(&REDIS.replace("value: 3", "value: x")).is_err());
+}

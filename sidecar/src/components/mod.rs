@@ -1,5 +1,5 @@
-//! Components: loading them (from a directory in standalone mode), turning them into live stores,
-//! and the registry the API reads them from.
+//! Components: loading them (from a directory in standalone mode, from the operator in
+//! Kubernetes mode), turning them into live stores, and the registry the API reads them from.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use crate::store::Store;
 pub mod init;
 pub mod loader;
 
-pub use init::{InitError, init_all};
+pub use init::{InitError, init_all, init_each};
 pub use loader::{ComponentConfig, LoadError, StoreKind, load_dirs};
 
 /// How user keys become store keys (Dapr's `keyPrefix` metadata).
