@@ -127,8 +127,9 @@ async fn run(cli: Cli) -> Result<()> {
     let (leader_tx, mut leader_rx) = watch::channel(cli.disable_leader_election);
     let election = (!cli.disable_leader_election)
         .then(|| LeaderElection::new(client.clone(), &cli.namespace, &cli.lease_name, &identity));
+    let mut election_task = None;
     if let Some(election) = election {
-        tokio::spawn(election.run(leader_tx));
+        election_task = Some(tokio::spawn(election.run(leader_tx)));
     }
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -160,7 +161,11 @@ async fn run(cli: Cli) -> Result<()> {
         r = config_server => { r.context("config server task")?.context("config server")?; }
         _ = shutdown_signal() => {}
     }
-    if !cli.disable_leader_election {
+    if let Some(task) = election_task {
+        // Stop renewing first: a renewal racing the release could take the lease back (or make
+        // the release fail with a conflict), leaving it held by a replica that is gone.
+        task.abort();
+        let _ = task.await;
         LeaderElection::new(client, &cli.namespace, &cli.lease_name, &identity)
             .release()
             .await;

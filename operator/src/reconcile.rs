@@ -2,6 +2,7 @@
 //! as a `Ready` condition, written with server-side apply, and as an Event when it changes.
 //! Only the leader runs it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use statecar_crds::kube::ComponentResource;
 
 use crate::cache::Cache;
 use crate::metrics::Metrics;
-use crate::resolve::resolve;
+use crate::resolve::{SecretSource, resolve};
 
 pub const MANAGER: &str = "statecar-operator";
 
@@ -29,6 +30,8 @@ pub const MANAGER: &str = "statecar-operator";
 pub enum Error {
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    #[error("reading secret {0}: {1}")]
+    Secret(String, #[source] kube::Error),
     #[error("component has no namespace")]
     NoNamespace,
 }
@@ -92,11 +95,51 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
+/// The Secrets one component reads, as the API server has them now.
+struct FetchedSecrets(BTreeMap<String, Arc<Secret>>);
+
+impl SecretSource for FetchedSecrets {
+    fn secret(&self, _namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.0.get(name).cloned()
+    }
+}
+
+/// Reads the Secrets a component refers to from the API server, not from the shared cache:
+/// the Secret watch that triggers a reconcile is not the one that fills the cache, so the cache
+/// may not have seen the change that triggered it yet (and nothing would retrigger it).
+async fn fetch_secrets(
+    client: &Client,
+    namespace: &str,
+    c: &ComponentResource,
+) -> Result<FetchedSecrets, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut found = BTreeMap::new();
+    for r in c
+        .spec
+        .metadata
+        .iter()
+        .filter_map(|m| m.secret_key_ref.as_ref())
+    {
+        if found.contains_key(&r.name) {
+            continue;
+        }
+        if let Some(s) = api
+            .get_opt(&r.name)
+            .await
+            .map_err(|e| Error::Secret(r.name.clone(), e))?
+        {
+            found.insert(r.name.clone(), Arc::new(s));
+        }
+    }
+    Ok(FetchedSecrets(found))
+}
+
 pub async fn reconcile(c: Arc<ComponentResource>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.fetch_add(1, Relaxed);
     let namespace = c.namespace().ok_or(Error::NoNamespace)?;
     let name = c.name_any();
-    let verdict = resolve(&c, &ctx.cache)
+    let secrets = fetch_secrets(&ctx.client, &namespace, &c).await?;
+    let verdict = resolve(&c, &secrets)
         .map(|_| ())
         .map_err(|p| (p.reason, p.message));
     let previous = c
