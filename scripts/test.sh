@@ -45,9 +45,23 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "building statecar"
-cargo build -p sidecar --locked
+step "building statecar and statecar-operator"
+cargo build -p sidecar -p operator --locked
 export STATECAR_BIN="$PWD/target/debug/statecar"
+export STATECAR_OPERATOR_BIN="$PWD/target/debug/statecar-operator"
+
+# A real Kubernetes API server for the operator tests: KUBECONFIG's cluster when it answers,
+# else a local etcd + kube-apiserver + kube-controller-manager (built once, then cached).
+step "starting the Kubernetes control plane (tests/cluster/up.sh)"
+cluster_was_up=no
+if [ -n "${KUBECONFIG:-}" ] || tests/cluster/up.sh --status >/dev/null 2>&1; then
+  cluster_was_up=yes
+fi
+KUBECONFIG="$(tests/cluster/up.sh | tail -n 1)"
+export KUBECONFIG
+if [ "$cluster_was_up" = no ]; then
+  trap 'tests/cluster/down.sh >/dev/null 2>&1 || true' EXIT
+fi
 
 step "cargo test"
 cargo test --workspace --locked "$@"

@@ -4,6 +4,7 @@
 //! Run with the binary built first:
 //! `cargo build -p sidecar && cargo test -p statecar-tests` (or set `STATECAR_BIN`).
 
+pub mod cluster;
 pub mod http;
 pub mod process;
 pub mod redis_server;

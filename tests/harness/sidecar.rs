@@ -380,6 +380,10 @@ impl Sidecar {
         self.proc.stdout()
     }
 
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.proc.is_running()
     }
