@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use statecar_tests::cluster::{
     Namespace, Operator, OperatorOptions, PodIdentity, StreamItem, apply_component, cluster,
-    components, delete_component, hold_lease, millis_between, open_stream, pod_identity,
-    put_secret,
+    components, delete_component, hold_lease, legacy_token, millis_between, open_stream,
+    pod_identity, put_secret,
 };
 
 /// Changes must reach a connected sidecar within this (measured from the API call's return).
@@ -337,7 +337,16 @@ async fn stream_refuses_callers_that_are_not_the_pod() {
     // Another service account's token for this pod: 403.
     let r = refused(open_stream(&url, &ns.name, "cart", "cart-0", Some(&stranger.token)).await);
     assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.error().contains("bound to pod other-0"), "{}", r.error());
+    // The same with a legacy (Secret) token, which is bound to no pod.
+    let unbound = legacy_token(&client, &ns.name, "other-sa").await;
+    let r = refused(open_stream(&url, &ns.name, "cart", "cart-0", Some(&unbound)).await);
+    assert_eq!(r.status, 403, "{r:?}");
     assert!(r.error().contains("runs as cart-sa"), "{}", r.error());
+    // A token bound to another pod of the same service account: 403.
+    let r = refused(open_stream(&url, &ns.name, "cart", "cart-0", Some(&plain.token)).await);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.error().contains("bound to pod worker-0"), "{}", r.error());
     // A same-named pod and service account in another namespace is not this one.
     let r = refused(open_stream(&url, &ns.name, "cart", "cart-0", Some(&elsewhere.token)).await);
     assert_eq!(r.status, 403, "{r:?}");

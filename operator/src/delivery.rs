@@ -100,7 +100,28 @@ async fn authorize(d: &Delivery, headers: &HeaderMap, q: &StreamQuery) -> Result
     if status.authenticated != Some(true) {
         return Err(refuse(StatusCode::UNAUTHORIZED, "token not authenticated"));
     }
-    let username = status.user.and_then(|u| u.username).unwrap_or_default();
+    let user = status.user.unwrap_or_default();
+    // A token from the TokenRequest API (the projected volume) names the pod it is bound to; a
+    // pod may only ask for its own config. Legacy Secret tokens carry no binding.
+    let bound = |key: &str| {
+        user.extra
+            .as_ref()
+            .and_then(|e| e.get(key))
+            .and_then(|v| v.first().cloned())
+    };
+    let (bound_pod, bound_uid) = (
+        bound("authentication.kubernetes.io/pod-name"),
+        bound("authentication.kubernetes.io/pod-uid"),
+    );
+    if let Some(bound_pod) = &bound_pod
+        && *bound_pod != q.pod_name
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("token is bound to pod {bound_pod}, not {}", q.pod_name),
+        ));
+    }
+    let username = user.username.unwrap_or_default();
     let Some((ns, sa)) = username
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
@@ -123,6 +144,14 @@ async fn authorize(d: &Delivery, headers: &HeaderMap, q: &StreamQuery) -> Result
             )
         })?
         .ok_or_else(|| refuse(StatusCode::FORBIDDEN, format!("no pod {ns}/{}", q.pod_name)))?;
+    if let Some(uid) = &bound_uid
+        && pod.metadata.uid.as_ref() != Some(uid)
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("token is bound to an earlier pod named {}", q.pod_name),
+        ));
+    }
     let pod_sa = pod
         .spec
         .as_ref()

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -33,16 +32,16 @@ use kube::{Api, Client};
 use serde_json::Value;
 use statecar_crds::component::Condition;
 use statecar_crds::kube::{CRD_NAME, ComponentResource};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-use crate::process::{Guarded, Spawn, free_port};
 use crate::unique;
+
+pub use crate::config_stream::*;
+pub use crate::operator::*;
 
 /// Field manager of everything the tests apply.
 pub const TEST_MANAGER: &str = "statecar-tests";
 
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -173,6 +172,42 @@ async fn install_crd(kubeconfig: &Path) -> Result<(), String> {
 }
 
 impl Cluster {
+    /// Stops this cluster's kube-apiserver and starts it again on the same port, through
+    /// `tests/cluster/up.sh --restart-apiserver`; returns how long the API was away. Err when the
+    /// cluster is not the local one (a KUBECONFIG cluster cannot be restarted from here).
+    pub fn restart_apiserver(&self) -> Result<Duration, String> {
+        let script = workspace().join("tests/cluster/up.sh");
+        let status = Command::new(&script)
+            .arg("--status")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let local = String::from_utf8_lossy(&status.stdout);
+        if !status.status.success() || Path::new(local.trim()) != self.kubeconfig {
+            return Err(format!(
+                "the tests use {}, not the local cluster",
+                self.kubeconfig.display()
+            ));
+        }
+        let started = Instant::now();
+        let out = Command::new(&script)
+            .arg("--restart-apiserver")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            panic!(
+                "{} --restart-apiserver failed with {}:\n{}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(started.elapsed())
+    }
+
     /// A new client, for the calling test's runtime only.
     pub async fn client(&self) -> Client {
         client_for(&self.kubeconfig)
@@ -254,271 +289,6 @@ impl Drop for Namespace {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The operator binary
-// ---------------------------------------------------------------------------------------------
-
-/// Path of the operator binary: `$STATECAR_OPERATOR_BIN`, else
-/// `$CARGO_TARGET_DIR/debug/statecar-operator` if it exists, else
-/// `<workspace>/target/debug/statecar-operator`.
-pub fn operator_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("STATECAR_OPERATOR_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.exists(),
-            "STATECAR_OPERATOR_BIN={} does not exist; build it first: cargo build -p operator",
-            p.display()
-        );
-        return p;
-    }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        let p = PathBuf::from(dir).join("debug").join("statecar-operator");
-        if p.exists() {
-            return p;
-        }
-    }
-    let p = workspace().join("target/debug/statecar-operator");
-    assert!(
-        p.exists(),
-        "{} not found; build it first: cargo build -p operator (or set STATECAR_OPERATOR_BIN)",
-        p.display()
-    );
-    p
-}
-
-/// How to start an operator replica.
-#[derive(Clone, Debug)]
-pub struct OperatorOptions {
-    /// `--identity`.
-    pub identity: String,
-    /// `None`: `--disable-leader-election`; `Some((namespace, name))`: elect on that Lease.
-    pub lease: Option<(String, String)>,
-    pub log_level: &'static str,
-}
-
-/// `--log-level` of the operators: `$STATECAR_OPERATOR_LOG_LEVEL`, else info.
-fn log_level() -> &'static str {
-    match std::env::var("STATECAR_OPERATOR_LOG_LEVEL").as_deref() {
-        Ok("debug") => "debug",
-        Ok("warn") => "warn",
-        Ok("error") => "error",
-        _ => "info",
-    }
-}
-
-impl OperatorOptions {
-    /// A single replica that writes status without an election.
-    pub fn single() -> Self {
-        Self {
-            identity: unique("operator"),
-            lease: None,
-            log_level: log_level(),
-        }
-    }
-
-    /// A replica electing on the Lease `namespace/name`.
-    pub fn elected(namespace: &str, lease_name: &str) -> Self {
-        Self {
-            identity: unique("operator"),
-            lease: Some((namespace.into(), lease_name.into())),
-            log_level: log_level(),
-        }
-    }
-}
-
-/// A running `statecar-operator`; SIGKILLed on drop (and if the test process dies).
-pub struct Operator {
-    proc: Guarded,
-    pub identity: String,
-    pub config_addr: SocketAddr,
-    pub probe_addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("a reqwest client")
-}
-
-impl Operator {
-    /// Starts the operator and waits until `/readyz` answers 200 (its caches are synced).
-    pub async fn start(cluster: &Cluster, opts: OperatorOptions) -> Operator {
-        let bin = operator_bin();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let dir = tempfile::tempdir().expect("temp dir");
-            let config_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let probe_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut args = vec![
-                "--config-listen".to_string(),
-                config_addr.to_string(),
-                "--probe-listen".into(),
-                probe_addr.to_string(),
-                "--identity".into(),
-                opts.identity.clone(),
-                "--log-level".into(),
-                opts.log_level.into(),
-            ];
-            match &opts.lease {
-                Some((ns, name)) => {
-                    args.extend(["--namespace".into(), ns.clone()]);
-                    args.extend(["--lease-name".into(), name.clone()]);
-                }
-                None => args.push("--disable-leader-election".into()),
-            }
-            let env_remove = [
-                "POD_NAMESPACE",
-                "POD_NAME",
-                "STATECAR_CONFIG_LISTEN",
-                "STATECAR_PROBE_LISTEN",
-                "HTTP_PROXY",
-                "HTTPS_PROXY",
-                "ALL_PROXY",
-                "http_proxy",
-                "https_proxy",
-                "all_proxy",
-            ]
-            .map(String::from)
-            .to_vec();
-            let proc = Guarded::spawn(Spawn {
-                program: bin.as_os_str(),
-                args,
-                env: vec![
-                    (
-                        "KUBECONFIG".into(),
-                        cluster.kubeconfig.to_string_lossy().into_owned(),
-                    ),
-                    ("NO_COLOR".into(), "1".into()),
-                ],
-                env_remove,
-                log_dir: dir.path(),
-                log_name: "operator",
-                cleanup_dir: None,
-            })
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            let mut op = Operator {
-                proc,
-                identity: opts.identity.clone(),
-                config_addr,
-                probe_addr,
-                _dir: dir,
-            };
-            match op.wait_ready(Duration::from_secs(30)).await {
-                Ok(()) => return op,
-                Err(e) if attempt < 3 && op.logs().contains("cannot listen") => {
-                    eprintln!("operator could not bind its ports (attempt {attempt}): {e}");
-                    op.kill();
-                }
-                Err(e) => panic!(
-                    "statecar-operator {} did not become ready: {e}\n{}",
-                    op.identity,
-                    op.logs()
-                ),
-            }
-        }
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        let url = format!("http://{}/readyz", self.probe_addr);
-        let client = http();
-        loop {
-            if let Some(st) = self.proc.try_status() {
-                return Err(format!("it exited with {st}"));
-            }
-            let last = match client.get(&url).send().await {
-                Ok(r) if r.status().as_u16() == 200 => return Ok(()),
-                Ok(r) => format!("/readyz answered {}", r.status()),
-                Err(e) => format!("/readyz: {e}"),
-            };
-            if Instant::now() > deadline {
-                return Err(format!("not ready after {timeout:?} ({last})"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Base URL of the config (delivery) endpoint.
-    pub fn config_url(&self) -> String {
-        format!("http://{}", self.config_addr)
-    }
-
-    /// The `/metrics` text.
-    pub async fn metrics(&self) -> String {
-        let url = format!("http://{}/metrics", self.probe_addr);
-        let r = http()
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.logs()));
-        assert_eq!(r.status().as_u16(), 200, "GET {url}");
-        r.text().await.expect("metrics body")
-    }
-
-    /// One sample of `/metrics` (a metric without labels).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} not in /metrics:\n{text}"))
-    }
-
-    pub async fn is_leader(&self) -> bool {
-        self.metric("statecar_operator_leader").await == 1.0
-    }
-
-    pub async fn reconciles(&self) -> f64 {
-        self.metric("statecar_operator_reconciles_total").await
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.proc.pid()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.proc.is_running()
-    }
-
-    pub fn sigterm(&mut self) {
-        self.proc.signal(libc::SIGTERM);
-    }
-
-    /// Waits for the process to exit; its exit code (128 + signal when killed by one).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        self.proc
-            .wait_timeout(timeout)
-            .map(crate::process::exit_code)
-    }
-
-    /// SIGKILL, at once.
-    pub fn kill(&mut self) {
-        self.proc.kill();
-    }
-
-    pub fn logs(&self) -> String {
-        self.proc.logs()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        // A failing test shows what every operator it started logged.
-        if std::thread::panicking() {
-            eprintln!(
-                "==== statecar-operator {} (pid {}) ====\n{}",
-                self.identity,
-                self.proc.pid(),
-                self.logs()
-            );
-        }
     }
 }
 
@@ -833,7 +603,7 @@ pub async fn pod_identity(
 }
 
 /// The token of the Secret the controller-manager creates for a service account.
-async fn legacy_token(client: &Client, namespace: &str, sa: &str) -> String {
+pub async fn legacy_token(client: &Client, namespace: &str, sa: &str) -> String {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -858,256 +628,4 @@ async fn legacy_token(client: &Client, namespace: &str, sa: &str) -> String {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The config stream, as a sidecar reads it
-// ---------------------------------------------------------------------------------------------
-
-/// One line of the stream, or its end, with the time it was read off the socket.
-#[derive(Debug)]
-pub enum StreamItem {
-    Line(Instant, Value),
-    /// The body ended (or failed): why.
-    Closed(Instant, String),
-}
-
-/// A snapshot line.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub revision: u64,
-    pub components: Vec<statecar_crds::Component>,
-    /// When the line arrived.
-    pub at: Instant,
-}
-
-impl Snapshot {
-    pub fn names(&self) -> Vec<&str> {
-        self.components
-            .iter()
-            .map(|c| c.metadata.name.as_str())
-            .collect()
-    }
-
-    pub fn get(&self, name: &str) -> Option<&statecar_crds::Component> {
-        self.components.iter().find(|c| c.metadata.name == name)
-    }
-
-    /// The plain value of a metadata item of a component.
-    pub fn value(&self, component: &str, item: &str) -> Option<String> {
-        let c = self.get(component)?;
-        let m = c.spec.metadata.iter().find(|m| m.name == item)?;
-        m.value.as_ref().map(statecar_crds::component::value_text)
-    }
-}
-
-/// An open `/v1/components` stream. A task of the calling test's runtime reads it and stamps
-/// every line with its arrival time.
-pub struct ConfigStream {
-    rx: mpsc::UnboundedReceiver<StreamItem>,
-    task: JoinHandle<()>,
-    pub content_type: Option<String>,
-    closed: bool,
-}
-
-/// A refused stream request.
-#[derive(Debug)]
-pub struct Refusal {
-    pub status: u16,
-    pub body: String,
-}
-
-impl Refusal {
-    /// The `error` of the JSON body.
-    pub fn error(&self) -> String {
-        serde_json::from_str::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| panic!("refusal body is not {{\"error\":..}}: {:?}", self.body))
-    }
-}
-
-/// Opens the stream `GET {base}/v1/components?namespace=&appId=&podName=` with `token` as the
-/// bearer token (none when `None`).
-pub async fn open_stream(
-    base: &str,
-    namespace: &str,
-    app_id: &str,
-    pod: &str,
-    token: Option<&str>,
-) -> Result<ConfigStream, Refusal> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .expect("a reqwest client");
-    let url = reqwest::Url::parse_with_params(
-        &format!("{base}/v1/components"),
-        [
-            ("namespace", namespace),
-            ("appId", app_id),
-            ("podName", pod),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{base}/v1/components: {e}"));
-    let what = format!("GET {url}");
-    let mut req = client.get(url).header("accept", "application/x-ndjson");
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = tokio::time::timeout(Duration::from_secs(15), req.send())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no response headers in 15 s"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let status = resp.status().as_u16();
-    if status != 200 {
-        let body = tokio::time::timeout(Duration::from_secs(10), resp.text())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        return Err(Refusal { status, body });
-    }
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(read_lines(resp, tx));
-    Ok(ConfigStream {
-        rx,
-        task,
-        content_type,
-        closed: false,
-    })
-}
-
-async fn read_lines(mut resp: reqwest::Response, tx: mpsc::UnboundedSender<StreamItem>) {
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                let at = Instant::now();
-                buf.extend_from_slice(&chunk);
-                while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=i).collect();
-                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                    if text.trim().is_empty() {
-                        continue;
-                    }
-                    let item = match serde_json::from_str(&text) {
-                        Ok(v) => StreamItem::Line(at, v),
-                        Err(e) => StreamItem::Closed(at, format!("not JSON ({e}): {text:?}")),
-                    };
-                    if tx.send(item).is_err() {
-                        return;
-                    }
-                }
-            }
-            Ok(None) => {
-                let _ = tx.send(StreamItem::Closed(Instant::now(), "end of body".into()));
-                return;
-            }
-            Err(e) => {
-                let _ = tx.send(StreamItem::Closed(Instant::now(), format!("{e}")));
-                return;
-            }
-        }
-    }
-}
-
-impl Drop for ConfigStream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl ConfigStream {
-    /// The next line or the end of the stream; `None` when nothing came within `timeout`.
-    pub async fn next(&mut self, timeout: Duration) -> Option<StreamItem> {
-        if self.closed {
-            return None;
-        }
-        match tokio::time::timeout(timeout, self.rx.recv()).await {
-            Ok(Some(item)) => {
-                if matches!(item, StreamItem::Closed(..)) {
-                    self.closed = true;
-                }
-                Some(item)
-            }
-            Ok(None) => {
-                self.closed = true;
-                Some(StreamItem::Closed(Instant::now(), "reader stopped".into()))
-            }
-            Err(_) => None,
-        }
-    }
-
-    /// The next snapshot, skipping heartbeats; Err on timeout, end of stream or a bad line.
-    pub async fn next_snapshot(&mut self, timeout: Duration) -> Result<Snapshot, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                None => return Err(format!("no snapshot within {timeout:?}")),
-                Some(StreamItem::Closed(_, why)) => return Err(format!("stream ended: {why}")),
-                Some(StreamItem::Line(at, v)) => match v["type"].as_str() {
-                    Some("heartbeat") => continue,
-                    Some("snapshot") => return parse_snapshot(at, &v),
-                    _ => return Err(format!("unexpected line {v}")),
-                },
-            }
-        }
-    }
-
-    /// Reads snapshots until one satisfies `done` (the others are listed in the error).
-    pub async fn snapshot_where(
-        &mut self,
-        timeout: Duration,
-        mut done: impl FnMut(&Snapshot) -> bool,
-    ) -> Result<Snapshot, String> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_snapshot(left).await {
-                Ok(s) if done(&s) => return Ok(s),
-                Ok(s) => seen.push(format!("rev {} {:?}", s.revision, s.names())),
-                Err(e) => return Err(format!("{e}; snapshots seen meanwhile: {seen:?}")),
-            }
-        }
-    }
-
-    /// Waits for the stream to end; Err if it still runs after `timeout`.
-    pub async fn closed_within(&mut self, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Some(StreamItem::Closed(_, why)) => return Ok(why),
-                Some(StreamItem::Line(..)) => continue,
-                None => return Err(format!("the stream is still open after {timeout:?}")),
-            }
-        }
-    }
-}
-
-fn parse_snapshot(at: Instant, v: &Value) -> Result<Snapshot, String> {
-    let revision = v["revision"]
-        .as_u64()
-        .ok_or_else(|| format!("snapshot without a numeric revision: {v}"))?;
-    let components = serde_json::from_value(v["components"].clone())
-        .map_err(|e| format!("snapshot components are not Dapr components ({e}): {v}"))?;
-    Ok(Snapshot {
-        revision,
-        components,
-        at,
-    })
-}
-
-/// Milliseconds from `from` to `to`, 0 when `to` came first (the line arrived before the API
-/// call that caused it had returned).
-pub fn millis_between(from: Instant, to: Instant) -> u128 {
-    to.saturating_duration_since(from).as_millis()
 }
