@@ -2,15 +2,14 @@
 //! in a real Redis: state works with a password resolved from a Secret, and component changes
 //! (a new `redisDB`, a deletion) reach the running sidecar within 2 s, with no restart.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use statecar_tests::cluster::{
     Namespace, Operator, OperatorOptions, apply_component, cluster, components, delete_component,
-    pod_identity, put_secret, wait_ready,
+    kubernetes_sidecar, pod_identity, put_secret, wait_ready,
 };
-use statecar_tests::{RedisServer, Sidecar, SidecarBuilder, unique};
+use statecar_tests::{RedisServer, Sidecar, unique};
 
 const PASSWORD: &str = "e2e-Secret-pw";
 /// The bound on config propagation.
@@ -31,28 +30,6 @@ fn redis_component(name: &str, redis: &RedisServer, db: u32) -> Value {
             ],
         },
     })
-}
-
-fn k8s_sidecar(
-    operator: &Operator,
-    namespace: &str,
-    pod: &str,
-    app_id: &str,
-    token_file: &Path,
-) -> SidecarBuilder {
-    Sidecar::builder()
-        .app_id(app_id)
-        .no_resources_path()
-        .arg("--mode")
-        .arg("kubernetes")
-        .arg("--control-plane-address")
-        .arg(&operator.config_addr.to_string())
-        .arg("--namespace")
-        .arg(namespace)
-        .arg("--pod-name")
-        .arg(pod)
-        .arg("--token-file")
-        .arg(&token_file.display().to_string())
 }
 
 fn exists(redis: &RedisServer, db: u32, key: &str) -> bool {
@@ -116,7 +93,7 @@ async fn sidecar_serves_state_and_hot_reloads_operator_changes() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &id.token).unwrap();
     let started = Instant::now();
-    let sc = k8s_sidecar(&operator, &ns.name, &id.pod, &app_id, &token_file)
+    let sc = kubernetes_sidecar(&operator, &ns.name, &id.pod, &app_id, &token_file)
         .start()
         .await;
     eprintln!("sidecar healthy {:?} after exec", started.elapsed());

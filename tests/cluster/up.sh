@@ -9,6 +9,9 @@
 #   tests/cluster/up.sh            start or reuse the cluster
 #   tests/cluster/up.sh --status   exit 0 (printing the kubeconfig path) if the local cluster is
 #                                  running and ready, else 1; never starts anything
+#   tests/cluster/up.sh --restart-apiserver
+#                                  stop the running cluster's kube-apiserver and start it again
+#                                  on the same port (for restart tests); fails if not running
 #
 #   KUBECONFIG            if set and its cluster answers /readyz, that cluster is used as is
 #   STATECAR_CACHE        binary cache root (default ~/.cache/statecar); binaries live in
@@ -20,15 +23,17 @@
 set -euo pipefail
 
 status_only=""
+restart_apiserver=""
 for arg in "$@"; do
   case "$arg" in
     --status) status_only=1 ;;
+    --restart-apiserver) restart_apiserver=1 ;;
     -h | --help)
-      sed -n '2,19p' "$0"
+      sed -n '2,22p' "$0"
       exit 0
       ;;
     *)
-      printf 'usage: %s [--status]\n' "$0" >&2
+      printf 'usage: %s [--status | --restart-apiserver]\n' "$0" >&2
       exit 2
       ;;
   esac
@@ -65,7 +70,7 @@ fail_with_log() {
 # ---------------------------------------------------------------------------------------------
 # 1. An existing cluster named by KUBECONFIG wins.
 # ---------------------------------------------------------------------------------------------
-if [ -z "$status_only" ] && [ -n "${KUBECONFIG:-}" ] && command -v kubectl >/dev/null 2>&1 &&
+if [ -z "$status_only$restart_apiserver" ] && [ -n "${KUBECONFIG:-}" ] && command -v kubectl >/dev/null 2>&1 &&
   kubectl --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
   printf '==> using the existing cluster from KUBECONFIG=%s (/readyz answers)\n' "$KUBECONFIG" >&2
   printf '%s\n' "$KUBECONFIG"
@@ -162,13 +167,15 @@ flock 9
 # ---------------------------------------------------------------------------------------------
 # Already running? Then there is nothing to do.
 # ---------------------------------------------------------------------------------------------
-if running_and_ready 6; then
+if [ -n "$restart_apiserver" ]; then
+  running_and_ready 6 || die "--restart-apiserver: the cluster in $STATE_DIR is not running"
+elif running_and_ready 6; then
   step "cluster already running (state dir $STATE_DIR)"
   printf '%s\n' "$KCFG"
   exit 0
 fi
 # Anything half-running or stale pid files: start over cleanly.
-stop_all
+[ -n "$restart_apiserver" ] || stop_all
 
 # ---------------------------------------------------------------------------------------------
 # 2. Binaries: etcd from Debian, kube-apiserver and kube-controller-manager built once from
@@ -452,23 +459,7 @@ start_daemon_checked() {
   fail_with_log "$name not ready after ${secs}s" "$LOGS/$name.log"
 }
 
-start_cluster() {
-  pick_ports
-  write_kubeconfig
-  info "ports: etcd ${PORT[etcd-client]}/${PORT[etcd-peer]}, apiserver ${PORT[apiserver]}, controller-manager ${PORT[controller-manager]}"
-
-  step "starting etcd on 127.0.0.1:${PORT[etcd-client]}"
-  local peer="http://127.0.0.1:${PORT[etcd-peer]}" client="http://127.0.0.1:${PORT[etcd-client]}"
-  launch etcd "$(command -v etcd)" \
-    --name statecar \
-    --data-dir "$STATE_DIR/etcd" \
-    --listen-client-urls "$client" --advertise-client-urls "$client" \
-    --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-    --initial-cluster "statecar=$peer" --initial-cluster-state new \
-    --initial-cluster-token "statecar-$$" \
-    --logger zap --log-outputs stderr
-  start_daemon_checked etcd 60 etcd_healthy || return $?
-
+launch_apiserver() {
   step "starting kube-apiserver on https://127.0.0.1:${PORT[apiserver]}"
   launch kube-apiserver "$BIN_DIR/kube-apiserver" \
     --bind-address=127.0.0.1 \
@@ -490,6 +481,26 @@ start_cluster() {
     --allow-privileged=true \
     --profiling=false \
     --v=1
+}
+
+start_cluster() {
+  pick_ports
+  write_kubeconfig
+  info "ports: etcd ${PORT[etcd-client]}/${PORT[etcd-peer]}, apiserver ${PORT[apiserver]}, controller-manager ${PORT[controller-manager]}"
+
+  step "starting etcd on 127.0.0.1:${PORT[etcd-client]}"
+  local peer="http://127.0.0.1:${PORT[etcd-peer]}" client="http://127.0.0.1:${PORT[etcd-client]}"
+  launch etcd "$(command -v etcd)" \
+    --name statecar \
+    --data-dir "$STATE_DIR/etcd" \
+    --listen-client-urls "$client" --advertise-client-urls "$client" \
+    --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+    --initial-cluster "statecar=$peer" --initial-cluster-state new \
+    --initial-cluster-token "statecar-$$" \
+    --logger zap --log-outputs stderr
+  start_daemon_checked etcd 60 etcd_healthy || return $?
+
+  launch_apiserver
   start_daemon_checked kube-apiserver 120 kc get --raw /readyz || return $?
 
   step "starting kube-controller-manager"
@@ -517,6 +528,27 @@ start_cluster() {
 sa_has_token() {
   [ -n "$(kc -n default get serviceaccount default -o 'jsonpath={.secrets[0].name}' 2>/dev/null)" ]
 }
+
+if [ -n "$restart_apiserver" ]; then
+  start=$SECONDS
+  step "stopping kube-apiserver"
+  pid="$(cat "$STATE_DIR/kube-apiserver.pid")"
+  kill "$pid" 2>/dev/null || true
+  # It drains open watches for a long time; 5 s of grace, then it is killed.
+  for ((i = 0; i < 25; i++)); do
+    pid_alive "$STATE_DIR/kube-apiserver.pid" kube-apiserver || break
+    sleep 0.2
+  done
+  if pid_alive "$STATE_DIR/kube-apiserver.pid" kube-apiserver; then kill -9 "$pid" 2>/dev/null || true; fi
+  sleep 0.2
+  launch_apiserver
+  rc=0
+  start_daemon_checked kube-apiserver 120 kc get --raw /readyz || rc=$?
+  [ "$rc" -eq 0 ] || die "kube-apiserver could not take its port ${PORT[apiserver]} back"
+  step "kube-apiserver restarted in $((SECONDS - start)) s"
+  printf '%s\n' "$KCFG"
+  exit 0
+fi
 
 start=$SECONDS
 STARTED=1

@@ -5,7 +5,9 @@
 //! `cargo build -p sidecar && cargo test -p statecar-tests` (or set `STATECAR_BIN`).
 
 pub mod cluster;
+pub mod config_stream;
 pub mod http;
+pub mod operator;
 pub mod process;
 pub mod redis_server;
 pub mod sidecar;
