@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use axum::ServiceExt;
 use axum::extract::Request;
 use clap::{Parser, ValueEnum};
-use statecar::api::{self, ApiConfig, AppState};
+use statecar::api::{self, ApiConfig, AppState, ListenAddresses};
 use statecar::components::loader::{ComponentConfig, LoadContext, Loaded};
 use statecar::components::{Registry, Stores, init_all, load_dirs};
 use statecar::delivery::{self, Endpoint, StreamConfig};
@@ -58,13 +58,52 @@ struct Cli {
     #[arg(long, default_value_t = 3500, env = "DAPR_HTTP_PORT")]
     dapr_http_port: u16,
 
-    /// Address the HTTP API listens on.
-    #[arg(long, default_value = "127.0.0.1")]
-    dapr_http_address: IpAddr,
+    /// The one address the HTTP API listens on. Default: 127.0.0.1. To listen on several, use
+    /// --dapr-listen-addresses instead (giving both is an error).
+    #[arg(long, value_name = "IP", conflicts_with = "dapr_listen_addresses")]
+    dapr_http_address: Option<IpAddr>,
 
-    /// Port for health and metadata only, without token auth (off unless given).
+    /// Addresses the HTTP API listens on, comma-separated, e.g. `[::1],127.0.0.1` (Dapr's
+    /// default) or `0.0.0.0` to serve other pods too; IPv6 addresses may be written in
+    /// brackets. Every address is bound. One this host does not have (such as [::1] where IPv6
+    /// is turned off) is skipped with a warning as long as another is bound. Default:
+    /// 127.0.0.1.
+    #[arg(long, value_name = "IP,...", value_parser = api::parse_listen_addresses)]
+    dapr_listen_addresses: Option<ListenAddresses>,
+
+    /// Port of the public health endpoints, `/v1.0/healthz` and `/v1.0/healthz/outbound`, for
+    /// the kubelet's probes (3501 in injected pods). Unlike the API, it listens on all
+    /// interfaces (see --dapr-public-listen-address) so that the kubelet can reach it, and it
+    /// serves nothing else: no state, no metadata, and no token is asked for. Off unless given.
     #[arg(long, value_name = "PORT")]
     dapr_public_port: Option<u16>,
+
+    /// Addresses the public port listens on, comma-separated like --dapr-listen-addresses.
+    #[arg(
+        long,
+        value_name = "IP,...",
+        default_value = "0.0.0.0",
+        value_parser = api::parse_listen_addresses
+    )]
+    dapr_public_listen_address: ListenAddresses,
+
+    /// On SIGTERM, how many seconds to wait for in-flight requests to finish before exiting
+    /// anyway. New connections are refused at once. A negative value (Dapr's -1) means the
+    /// default of 5.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = -1,
+        allow_negative_numbers = true
+    )]
+    dapr_graceful_shutdown_seconds: i64,
+
+    /// A Dapr Configuration (a resource name in Kubernetes mode, a file in standalone mode).
+    /// Accepted so that daprd command lines and injected pods work unchanged; statecar has no
+    /// Configuration support (tracing, middleware, access control), so it is ignored, with
+    /// one log line at startup.
+    #[arg(long, value_name = "NAME")]
+    config: Option<String>,
 
     /// The app's port (reported by /v1.0/metadata).
     #[arg(long, value_name = "PORT")]
@@ -151,6 +190,9 @@ enum Mode {
     Kubernetes,
 }
 
+/// The default of --dapr-graceful-shutdown-seconds.
+const DEFAULT_GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(5);
+
 /// Go duration syntax (`10s`, `1m30s`, `500ms`); a plain number is seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -162,6 +204,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
+    /// Where the API listens.
+    fn api_addresses(&self) -> Vec<IpAddr> {
+        match (&self.dapr_listen_addresses, self.dapr_http_address) {
+            (Some(list), _) => list.0.clone(),
+            (None, Some(ip)) => vec![ip],
+            (None, None) => vec![IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+        }
+    }
+
+    fn graceful_shutdown(&self) -> Duration {
+        u64::try_from(self.dapr_graceful_shutdown_seconds)
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN)
+    }
+
     fn namespace(&self) -> Option<&str> {
         self.namespace.as_deref().filter(|n| !n.is_empty())
     }
@@ -281,7 +338,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Requests cut off by the graceful-shutdown deadline are dropped here, not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -364,34 +424,47 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let api_addr = SocketAddr::new(cli.dapr_http_address, cli.dapr_http_port);
-    let api_listener = TcpListener::bind(api_addr)
-        .await
-        .with_context(|| format!("cannot listen on {api_addr} (--dapr-http-port)"))?;
-    let mut servers = vec![tokio::spawn(serve(
-        api_listener,
-        api::router(state.clone(), &config),
-        stop_rx.clone(),
-    ))];
+    if let Some(name) = &cli.config {
+        tracing::info!(
+            config = %name,
+            "--config is ignored: statecar has no support for Dapr Configuration resources"
+        );
+    }
+    let api_listeners =
+        api::bind_all(&cli.api_addresses(), cli.dapr_http_port, "--dapr-http-port").await?;
+    let api_addrs: Vec<SocketAddr> = api_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let api_router = api::router(state.clone(), &config);
+    let mut servers: Vec<_> = api_listeners
+        .into_iter()
+        .map(|l| tokio::spawn(serve(l, api_router.clone(), stop_rx.clone())))
+        .collect();
     if let Some(port) = cli.dapr_public_port {
         if port == cli.dapr_http_port {
             bail!("--dapr-public-port must differ from --dapr-http-port");
         }
-        let addr = SocketAddr::new(cli.dapr_http_address, port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (--dapr-public-port)"))?;
-        servers.push(tokio::spawn(serve(
-            listener,
-            api::public_router(state.clone()),
-            stop_rx.clone(),
-        )));
+        let public = api::public_router(state.clone());
+        for listener in api::bind_all(
+            &cli.dapr_public_listen_address.0,
+            port,
+            "--dapr-public-port",
+        )
+        .await?
+        {
+            servers.push(tokio::spawn(serve(
+                listener,
+                public.clone(),
+                stop_rx.clone(),
+            )));
+        }
     }
     let delivery = match kubernetes {
         Some(settings) => {
             tracing::info!(
                 app_id = %cli.app_id,
-                address = %api_addr,
+                addresses = ?api_addrs,
                 auth = config.api_token.is_some(),
                 "statecar is serving; not ready until the operator's components are applied"
             );
@@ -400,7 +473,7 @@ async fn run(cli: Cli) -> Result<()> {
         None => {
             tracing::info!(
                 app_id = %cli.app_id,
-                address = %api_addr,
+                addresses = ?api_addrs,
                 stores = store_count.unwrap_or_default(),
                 auth = config.api_token.is_some(),
                 startup_ms = started.elapsed().as_millis() as u64,
@@ -416,10 +489,24 @@ async fn run(cli: Cli) -> Result<()> {
         task.abort();
     }
     let _ = stop_tx.send(true);
-    for server in servers {
-        server.await.context("server task")??;
+    let grace = cli.graceful_shutdown();
+    if grace.is_zero() {
+        tracing::info!("stopped without waiting (--dapr-graceful-shutdown-seconds 0)");
+        return Ok(());
     }
-    tracing::info!("stopped");
+    match tokio::time::timeout(grace, futures_util::future::join_all(servers)).await {
+        Ok(results) => {
+            for result in results {
+                result.context("server task")??;
+            }
+            tracing::info!("stopped");
+        }
+        Err(_) => tracing::warn!(
+            "stopped with requests still in flight: they did not finish within {}s \
+             (--dapr-graceful-shutdown-seconds)",
+            grace.as_secs()
+        ),
+    }
     Ok(())
 }
 
@@ -471,6 +558,63 @@ mod tests {
         assert_eq!(parse_size("16Ki"), Ok(16 << 10));
         assert!(parse_size("4Xi").is_err());
         assert!(parse_size("lots").is_err());
+    }
+
+    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("statecar").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn api_addresses() {
+        let parsed = cli(&[]).expect("no flags");
+        assert_eq!(
+            parsed.api_addresses(),
+            ["127.0.0.1".parse::<IpAddr>().expect("ip")]
+        );
+        let parsed = cli(&["--dapr-http-address", "0.0.0.0"]).expect("one address");
+        assert_eq!(
+            parsed.api_addresses(),
+            ["0.0.0.0".parse::<IpAddr>().expect("ip")]
+        );
+        let parsed = cli(&["--dapr-listen-addresses", "[::1],127.0.0.1"]).expect("a list");
+        assert_eq!(parsed.api_addresses().len(), 2);
+        let both = cli(&[
+            "--dapr-http-address",
+            "127.0.0.1",
+            "--dapr-listen-addresses",
+            "127.0.0.1",
+        ]);
+        assert!(both.is_err(), "giving both is an error");
+        let parsed = cli(&[]).expect("no flags");
+        assert_eq!(
+            parsed.dapr_public_listen_address,
+            ListenAddresses(vec!["0.0.0.0".parse().expect("ip")])
+        );
+    }
+
+    #[test]
+    fn graceful_shutdown_seconds() {
+        let grace = |args: &[&str]| cli(args).expect("flags").graceful_shutdown();
+        assert_eq!(grace(&[]), DEFAULT_GRACEFUL_SHUTDOWN);
+        assert_eq!(
+            grace(&["--dapr-graceful-shutdown-seconds", "-1"]),
+            DEFAULT_GRACEFUL_SHUTDOWN
+        );
+        assert_eq!(
+            grace(&["--dapr-graceful-shutdown-seconds", "0"]),
+            Duration::ZERO
+        );
+        assert_eq!(
+            grace(&["--dapr-graceful-shutdown-seconds=12"]),
+            Duration::from_secs(12)
+        );
+        assert!(cli(&["--dapr-graceful-shutdown-seconds", "soon"]).is_err());
+    }
+
+    #[test]
+    fn config_is_accepted() {
+        let parsed = cli(&["--config", "appconfig"]).expect("--config");
+        assert_eq!(parsed.config.as_deref(), Some("appconfig"));
     }
 
     #[test]
