@@ -2,9 +2,13 @@
 //! components.
 
 pub mod cache;
+pub mod certs;
 pub mod delivery;
+pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod probes;
 pub mod reconcile;
 pub mod resolve;
+pub mod tls;
+pub mod webhook;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
@@ -12,12 +13,16 @@ use statecar_operator::leader::LeaderElection;
 use statecar_operator::metrics::Metrics;
 use statecar_operator::probes::{self, Probes};
 use statecar_operator::reconcile::{self, Context};
+use statecar_operator::webhook::settings::WebhookArgs;
+use statecar_operator::webhook::{self, Webhook};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Reconciles Dapr Component resources (dapr.io/v1alpha1) for statecar: validates each one
 /// (secrets included) into a Ready condition, and streams every connected statecar sidecar the
-/// components of its namespace scoped to its app id, live.
+/// components of its namespace scoped to its app id, live. Serves the admission webhooks that
+/// inject the sidecar into pods annotated dapr.io/enabled: "true" and reject invalid Components,
+/// with a serving certificate it issues and rotates itself.
 ///
 /// Runs in-cluster with its service account, or out of cluster with KUBECONFIG.
 #[derive(Debug, Parser)]
@@ -54,6 +59,9 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long)]
     log_as_json: bool,
+
+    #[command(flatten)]
+    webhook: WebhookArgs,
 }
 
 fn main() -> ExitCode {
@@ -105,11 +113,37 @@ async fn run(cli: Cli) -> Result<()> {
     let probe_listener = TcpListener::bind(cli.probe_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--probe-listen)", cli.probe_listen))?;
+    let webhooks_ready = Arc::new(AtomicBool::new(cli.webhook.disable_webhooks));
     let probes = probes::router(Probes {
         cache: cache.clone(),
         metrics: metrics.clone(),
+        webhooks_ready: webhooks_ready.clone(),
     });
     tokio::spawn(async move { axum::serve(probe_listener, probes).await });
+
+    if !cli.webhook.disable_webhooks {
+        cli.webhook
+            .injector_config(&cli.namespace, cli.config_listen.port())
+            .default_resources
+            .validate()
+            .map_err(|e| anyhow::anyhow!("default sidecar resources (--sidecar-*): {e}"))?;
+    }
+    let webhook = (!cli.webhook.disable_webhooks).then(|| {
+        Arc::new(Webhook::new(
+            cli.webhook
+                .injector_config(&cli.namespace, cli.config_listen.port()),
+            metrics.clone(),
+        ))
+    });
+    let webhook_server = match &webhook {
+        Some(w) => {
+            let (_certs, server) =
+                webhook::start(client.clone(), &cli.webhook, &cli.namespace, w.clone()).await?;
+            webhooks_ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            Some(server)
+        }
+        None => None,
+    };
 
     let config_listener = TcpListener::bind(cli.config_listen)
         .await
@@ -147,8 +181,18 @@ async fn run(cli: Cli) -> Result<()> {
                 .leader
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!("leading: writing component status");
+            let watchdog = async {
+                match &webhook {
+                    Some(w) => {
+                        webhook::watchdog::run(client.clone(), w.clone(), ctx.recorder.clone())
+                            .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = reconcile::run(ctx.clone()) => return,
+                _ = watchdog => return,
                 _ = leader_rx.wait_for(|l| !*l) => {
                     tracing::info!("lost the lease: stopped writing status");
                     metrics.leader.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -159,6 +203,12 @@ async fn run(cli: Cli) -> Result<()> {
     tokio::select! {
         _ = controller => {}
         r = config_server => { r.context("config server task")?.context("config server")?; }
+        r = async {
+            match webhook_server {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        } => { r.context("webhook server task")?.context("webhook server")?; }
         _ = shutdown_signal() => {}
     }
     if let Some(task) = election_task {

@@ -1,6 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics` on the probe port.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,6 +15,8 @@ use crate::metrics::Metrics;
 pub struct Probes {
     pub cache: Cache,
     pub metrics: Arc<Metrics>,
+    /// True once the admission webhooks serve (or when they are disabled).
+    pub webhooks_ready: Arc<AtomicBool>,
 }
 
 pub fn router(probes: Probes) -> Router {
@@ -24,12 +27,15 @@ pub fn router(probes: Probes) -> Router {
         .with_state(probes)
 }
 
-/// Ready once the watched caches are complete, so sidecars never get a partial config.
+/// Ready once the watched caches are complete, so sidecars never get a partial config, and the
+/// webhooks serve with a certificate.
 async fn readyz(State(p): State<Probes>) -> (StatusCode, &'static str) {
-    if p.cache.is_ready() {
-        (StatusCode::OK, "ok")
-    } else {
+    if !p.cache.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "caches are syncing")
+    } else if !p.webhooks_ready.load(Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "webhooks are starting")
+    } else {
+        (StatusCode::OK, "ok")
     }
 }
 

@@ -33,6 +33,33 @@ pub trait SecretSource {
 /// The component as sent to sidecars: plain metadata, every secretKeyRef replaced by its value.
 /// Secret values live only in this struct and on the wire to the sidecar; never in logs.
 pub fn resolve(c: &ComponentResource, secrets: &impl SecretSource) -> Result<Component, Problem> {
+    resolve_with(c, Some(secrets))
+}
+
+/// The admission check (`POST /validate`): the same rules and messages as [`resolve`], without
+/// reading Secrets (a Secret may be created after its Component; the reconciler reports that).
+/// Items set from a secretKeyRef or envRef are judged later. Types statecar does not serve pass:
+/// Dapr manifests for other building blocks must still apply.
+pub fn check_for_admission(c: &ComponentResource) -> Result<(), Problem> {
+    let type_ = c.spec.type_.to_ascii_lowercase();
+    if !statecar_crds::validate::SUPPORTED_TYPES.contains(&type_.as_str()) {
+        return Ok(());
+    }
+    resolve_with(c, None::<&NoSecrets>).map(|_| ())
+}
+
+struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn secret(&self, _namespace: &str, _name: &str) -> Option<Arc<Secret>> {
+        None
+    }
+}
+
+fn resolve_with(
+    c: &ComponentResource,
+    secrets: Option<&impl SecretSource>,
+) -> Result<Component, Problem> {
     let name = c.metadata.name.clone().unwrap_or_default();
     let namespace = c.metadata.namespace.clone().unwrap_or_default();
     validate_name(&name).map_err(|e| Problem::new(e.reason.as_str(), e.to_string()))?;
@@ -54,9 +81,20 @@ pub fn resolve(c: &ComponentResource, secrets: &impl SecretSource) -> Result<Com
     let mut from_env = Vec::new();
     for (i, item) in c.spec.metadata.iter().enumerate() {
         let field = || format!("spec.metadata[{i}] ({})", item.name);
+        let has_value = item.value.as_ref().is_some_and(|v| !v.is_null());
+        if has_value && item.secret_key_ref.is_some() {
+            return Err(Problem::new(
+                "InvalidMetadata",
+                format!("{}: set either value or secretKeyRef, not both", field()),
+            ));
+        }
         let value = if let Some(v) = item.value.as_ref().filter(|v| !v.is_null()) {
             Some(value_text(v))
-        } else if let Some(r) = &item.secret_key_ref {
+        } else if let (Some(_), None) = (&item.secret_key_ref, secrets) {
+            // Admission: the Secret is read at reconcile time.
+            from_env.push(item.name.clone());
+            None
+        } else if let (Some(r), Some(secrets)) = (&item.secret_key_ref, secrets) {
             let key = if r.key.is_empty() { &r.name } else { &r.key };
             let secret = secrets.secret(&namespace, &r.name).ok_or_else(|| {
                 Problem::new(

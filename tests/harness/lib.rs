@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod config_stream;
 pub mod http;
+pub mod https;
 pub mod operator;
 pub mod process;
 pub mod redis_server;

@@ -45,6 +45,11 @@ pub struct OperatorOptions {
     /// `None`: `--disable-leader-election`; `Some((namespace, name))`: elect on that Lease.
     pub lease: Option<(String, String)>,
     pub log_level: &'static str,
+    /// Serve the admission webhooks (off unless asked: each replica would otherwise bind the
+    /// default webhook port and manage the default certificate Secret).
+    pub webhooks: bool,
+    /// More flags, appended last.
+    pub extra_args: Vec<String>,
 }
 
 /// `--log-level` of the operators: `$STATECAR_OPERATOR_LOG_LEVEL`, else info.
@@ -64,6 +69,8 @@ impl OperatorOptions {
             identity: unique("operator"),
             lease: None,
             log_level: log_level(),
+            webhooks: false,
+            extra_args: vec![],
         }
     }
 
@@ -73,6 +80,8 @@ impl OperatorOptions {
             identity: unique("operator"),
             lease: Some((namespace.into(), lease_name.into())),
             log_level: log_level(),
+            webhooks: false,
+            extra_args: vec![],
         }
     }
 }
@@ -121,11 +130,17 @@ impl Operator {
                 }
                 None => args.push("--disable-leader-election".into()),
             }
+            if !opts.webhooks {
+                args.push("--disable-webhooks".into());
+            }
+            args.extend(opts.extra_args.iter().cloned());
             let env_remove = [
                 "POD_NAMESPACE",
                 "POD_NAME",
                 "STATECAR_CONFIG_LISTEN",
                 "STATECAR_PROBE_LISTEN",
+                "STATECAR_WEBHOOK_LISTEN",
+                "STATECAR_SIDECAR_IMAGE",
                 "HTTP_PROXY",
                 "HTTPS_PROXY",
                 "ALL_PROXY",
