@@ -388,6 +388,16 @@ async fn pods_and_deployments_get_the_sidecar() {
         },
     });
     let tls = statecar_tests::https::client_config(&ca);
+    // Garbage and a review of the wrong shape: 400 with the reason, and the webhook lives on.
+    for bad in [
+        &b"{not json"[..],
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+    ] {
+        let (status, body) =
+            statecar_tests::https::post_once(s.webhook_port, "/mutate", bad, tls.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("malformed AdmissionReview"), "{body}");
+    }
     for conns in [1, 8] {
         let (rps, failed) = statecar_tests::https::post_load(
             s.webhook_port,

@@ -124,3 +124,34 @@ pub async fn post_load(
     }
     (ok as f64 / started.elapsed().as_secs_f64(), failed)
 }
+
+/// One POST over a new TLS connection; returns the status and the body.
+pub async fn post_once(
+    port: u16,
+    path: &str,
+    body: &[u8],
+    tls: Arc<rustls::ClientConfig>,
+) -> (u16, String) {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("127.0.0.1").expect("a server name");
+    let mut s = TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the webhook");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let mut buf = Vec::new();
+    let status = read_response(&mut s, &mut buf).await.expect("a response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
