@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use statecar_tests::cluster::{
     Namespace, Operator, OperatorOptions, apply_component, cluster, components, delete_component,
-    kubernetes_sidecar, pod_identity, put_secret, wait_ready,
+    kubernetes_sidecar, kubernetes_sidecar_at, pod_identity, put_secret, wait_ready,
 };
+use statecar_tests::process::{Guarded, Spawn, free_port};
 use statecar_tests::{RedisServer, Sidecar, unique};
 
 const PASSWORD: &str = "e2e-Secret-pw";
@@ -173,4 +174,114 @@ async fn sidecar_serves_state_and_hot_reloads_operator_changes() {
         !operator.logs().contains(PASSWORD),
         "password in operator logs"
     );
+}
+
+/// The operator's default: the config stream over HTTPS with the operator's own certificate;
+/// the sidecar trusts the CA it is given (as the injector gives it, in STATECAR_TRUST_ANCHORS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_stream_over_tls_with_the_operators_ca() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = Namespace::create(&client, "tls").await;
+    let op_ns = Namespace::create(&client, "tls-op").await;
+    let redis = RedisServer::start_with_password(PASSWORD);
+    let secret = unique("sc-tls").to_ascii_lowercase();
+    let mut opts = OperatorOptions::single();
+    opts.config_tls = true;
+    opts.extra_args = [
+        "--namespace",
+        &op_ns.name,
+        "--webhook-secret",
+        &secret,
+        "--tls-san",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let operator = Operator::start(cluster, opts).await;
+    put_secret(&client, &ns.name, "redis-auth", &[("password", PASSWORD)]).await;
+    let api = components(&client, &ns.name);
+    apply_component(&api, redis_component("statestore", &redis, 0)).await;
+
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), &op_ns.name);
+    let ca = secrets.get(&secret).await.unwrap().data.unwrap()["ca.crt"]
+        .0
+        .clone();
+    let ca = String::from_utf8(ca).unwrap();
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+
+    let app_id = unique("tls");
+    let id = pod_identity(&client, &ns.name, "tls", "tls-0", Some(&app_id)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &id.token).unwrap();
+    let https = format!("https://127.0.0.1:{}", operator.config_addr.port());
+
+    // Without the CA the operator's certificate is not trusted: the sidecar stays unready.
+    let port = free_port();
+    let log_dir = tempfile::tempdir().unwrap();
+    let bin = statecar_tests::statecar_bin();
+    let mut untrusting = Guarded::spawn(Spawn {
+        program: bin.as_os_str(),
+        args: [
+            "--mode",
+            "kubernetes",
+            "--app-id",
+            &app_id,
+            "--control-plane-address",
+            &https,
+            "--namespace",
+            &ns.name,
+            "--pod-name",
+            &id.pod,
+            "--dapr-http-port",
+            &port.to_string(),
+            "--token-file",
+            &token_file.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        env: vec![],
+        env_remove: vec!["STATECAR_TRUST_ANCHORS".into(), "SSL_CERT_FILE".into()],
+        log_dir: log_dir.path(),
+        log_name: "statecar",
+        cleanup_dir: None,
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let health = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v1.0/healthz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(health.ok(), Some(500), "{}", untrusting.logs());
+    assert!(
+        untrusting
+            .logs()
+            .to_ascii_lowercase()
+            .contains("certificate"),
+        "{}",
+        untrusting.logs()
+    );
+    untrusting.kill();
+
+    let sc = kubernetes_sidecar_at(&https, &ns.name, &id.pod, &app_id, &token_file)
+        .env("STATECAR_TRUST_ANCHORS", &ca)
+        .start()
+        .await;
+    sc.post_json("/v1.0/state/statestore", &json!([{"key": "k", "value": 1}]))
+        .await
+        .expect_no_content();
+    let applied = Instant::now();
+    apply_component(&api, redis_component("statestore", &redis, 4)).await;
+    let took = until_saves_land(&sc, "statestore", applied, "redisDB 0 -> 4 over TLS", |k| {
+        exists(&redis, 4, k)
+    })
+    .await;
+    eprintln!("redisDB change over the TLS stream reached the sidecar in {took:?}");
+    assert!(took < PROPAGATION, "took {took:?}");
+    assert!(!sc.logs().contains(PASSWORD));
 }

@@ -72,6 +72,7 @@ async fn label_namespace(client: &Client, name: &str, key: &str, value: &str) {
 fn operator_options(s_port: u16, op_ns: &str, id: &str, extra: &[&str]) -> OperatorOptions {
     let mut o = OperatorOptions::single();
     o.webhooks = true;
+    o.config_tls = true;
     o.extra_args = [
         "--namespace",
         op_ns,
@@ -197,6 +198,18 @@ async fn pods_and_deployments_get_the_sidecar() {
     assert!(
         args.contains(&format!(".{}.svc:", s.op_ns.name)),
         "control-plane address of the operator's namespace in {args}"
+    );
+    assert!(
+        args.contains(&format!(
+            "--control-plane-address https://statecar-operator.{}.svc:",
+            s.op_ns.name
+        )),
+        "the config stream over TLS: {args}"
+    );
+    let anchors = env_of(daprd, "STATECAR_TRUST_ANCHORS").unwrap_or_default();
+    assert!(
+        anchors.contains("BEGIN CERTIFICATE"),
+        "the operator's CA for the sidecar"
     );
     let sc = daprd.security_context.as_ref().expect("securityContext");
     assert_eq!(sc.run_as_non_root, Some(true));

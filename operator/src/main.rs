@@ -128,21 +128,35 @@ async fn run(cli: Cli) -> Result<()> {
             .validate()
             .map_err(|e| anyhow::anyhow!("default sidecar resources (--sidecar-*): {e}"))?;
     }
+    // One serving certificate for the webhooks and the config stream.
+    let certs = if cli.webhook.disable_webhooks && cli.webhook.config_plaintext {
+        None
+    } else {
+        Some(webhook::start_certs(client.clone(), cli.webhook.cert_settings(&cli.namespace)).await?)
+    };
+    let config_tls = certs.clone().filter(|_| !cli.webhook.config_plaintext);
     let webhook = (!cli.webhook.disable_webhooks).then(|| {
         Arc::new(Webhook::new(
             cli.webhook
                 .injector_config(&cli.namespace, cli.config_listen.port()),
+            config_tls.clone(),
             metrics.clone(),
         ))
     });
-    let webhook_server = match &webhook {
-        Some(w) => {
-            let (_certs, server) =
-                webhook::start(client.clone(), &cli.webhook, &cli.namespace, w.clone()).await?;
+    let webhook_server = match (&webhook, &certs) {
+        (Some(w), Some(store)) => {
+            let server = webhook::start(
+                client.clone(),
+                &cli.webhook,
+                &cli.namespace,
+                w.clone(),
+                store.clone(),
+            )
+            .await?;
             webhooks_ready.store(true, std::sync::atomic::Ordering::Relaxed);
             Some(server)
         }
-        None => None,
+        _ => None,
     };
 
     let config_listener = TcpListener::bind(cli.config_listen)
@@ -156,7 +170,18 @@ async fn run(cli: Cli) -> Result<()> {
 
     cache.ready().await;
     tracing::info!(config = %cli.config_listen, probes = %cli.probe_listen, %identity, "caches synced; serving sidecars");
-    let config_server = tokio::spawn(async move { axum::serve(config_listener, delivery).await });
+    let config_server = match &config_tls {
+        Some(store) => {
+            let tls = statecar_operator::tls::server_config(store.clone());
+            tokio::spawn(statecar_operator::tls::serve(
+                config_listener,
+                delivery,
+                tls,
+                std::future::pending(),
+            ))
+        }
+        None => tokio::spawn(async move { axum::serve(config_listener, delivery).await }),
+    };
 
     let (leader_tx, mut leader_rx) = watch::channel(cli.disable_leader_election);
     let election = (!cli.disable_leader_election)

@@ -164,6 +164,17 @@ struct Cli {
     #[arg(long, value_name = "FILE", help_heading = "Kubernetes mode")]
     control_plane_ca: Option<PathBuf>,
 
+    /// The same as --control-plane-ca, given as PEM text; the injector sets it to the operator's
+    /// CA bundle.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "STATECAR_TRUST_ANCHORS",
+        hide_env_values = true,
+        help_heading = "Kubernetes mode"
+    )]
+    control_plane_trust_anchors: Option<String>,
+
     /// Keep the last configuration from the operator in FILE (written atomically, mode 0600:
     /// it holds resolved secrets). When the operator cannot be reached within
     /// --control-plane-timeout at startup, the sidecar starts from it. Default: no cache.
@@ -275,6 +286,10 @@ impl Cli {
                 pod_name: pod_name.to_string(),
                 token_file: self.token_file.clone(),
                 ca_file: self.control_plane_ca.clone(),
+                ca_pem: self
+                    .control_plane_trust_anchors
+                    .clone()
+                    .filter(|p| !p.trim().is_empty()),
                 connect_timeout: self.control_plane_timeout.max(Duration::from_secs(1)),
             },
             cache_file: self.config_cache.clone(),

@@ -48,6 +48,9 @@ pub struct OperatorOptions {
     /// Serve the admission webhooks (off unless asked: each replica would otherwise bind the
     /// default webhook port and manage the default certificate Secret).
     pub webhooks: bool,
+    /// Serve the config stream over HTTPS (the operator's default); the tests' operators use
+    /// plain HTTP unless asked.
+    pub config_tls: bool,
     /// More flags, appended last.
     pub extra_args: Vec<String>,
 }
@@ -70,6 +73,7 @@ impl OperatorOptions {
             lease: None,
             log_level: log_level(),
             webhooks: false,
+            config_tls: false,
             extra_args: vec![],
         }
     }
@@ -81,6 +85,7 @@ impl OperatorOptions {
             lease: Some((namespace.into(), lease_name.into())),
             log_level: log_level(),
             webhooks: false,
+            config_tls: false,
             extra_args: vec![],
         }
     }
@@ -132,6 +137,9 @@ impl Operator {
             }
             if !opts.webhooks {
                 args.push("--disable-webhooks".into());
+            }
+            if !opts.config_tls {
+                args.push("--config-plaintext".into());
             }
             args.extend(opts.extra_args.iter().cloned());
             let env_remove = [
@@ -295,13 +303,30 @@ pub fn kubernetes_sidecar(
     app_id: &str,
     token_file: &std::path::Path,
 ) -> SidecarBuilder {
+    kubernetes_sidecar_at(
+        &operator.config_addr.to_string(),
+        namespace,
+        pod,
+        app_id,
+        token_file,
+    )
+}
+
+/// The same, against the control-plane address `address` (e.g. `https://127.0.0.1:6500`).
+pub fn kubernetes_sidecar_at(
+    address: &str,
+    namespace: &str,
+    pod: &str,
+    app_id: &str,
+    token_file: &std::path::Path,
+) -> SidecarBuilder {
     Sidecar::builder()
         .app_id(app_id)
         .no_resources_path()
         .arg("--mode")
         .arg("kubernetes")
         .arg("--control-plane-address")
-        .arg(&operator.config_addr.to_string())
+        .arg(address)
         .arg("--namespace")
         .arg(namespace)
         .arg("--pod-name")

@@ -42,6 +42,9 @@ pub struct InjectorConfig {
     /// The operator's config stream as sidecars reach it, e.g.
     /// `statecar-operator.statecar-system.svc:6500`.
     pub control_plane_address: String,
+    /// PEM CA bundle the sidecar verifies an `https://` control-plane address with; given to it
+    /// in `STATECAR_TRUST_ANCHORS`.
+    pub control_plane_trust_anchors: Option<String>,
     /// The operator's own namespace; pods there are never injected.
     pub operator_namespace: String,
     /// Sidecar resources when the pod's annotations set none (or set an invalid one).

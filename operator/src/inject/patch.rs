@@ -188,7 +188,7 @@ fn sidecar(
         image: Some(image.to_string()),
         image_pull_policy: cfg.image_pull_policy.clone(),
         args: Some(args(app_id, annotations, cfg)?),
-        env: Some(env(annotations)),
+        env: Some(env(annotations, cfg)),
         ports: Some(vec![
             port("dapr-http", HTTP_PORT),
             port("dapr-grpc", GRPC_PORT),
@@ -310,11 +310,14 @@ fn args(
 }
 
 /// The sidecar's environment: the pod's identity, the API token, then `dapr.io/env`.
-fn env(annotations: Annotations<'_>) -> Vec<EnvVar> {
+fn env(annotations: Annotations<'_>, cfg: &InjectorConfig) -> Vec<EnvVar> {
     let mut env = vec![
         env_field("NAMESPACE", "metadata.namespace"),
         env_field("POD_NAME", "metadata.name"),
     ];
+    if let Some(pem) = &cfg.control_plane_trust_anchors {
+        env.push(env_value("STATECAR_TRUST_ANCHORS", pem));
+    }
     if let Some(secret) = annotations.non_empty(ann::API_TOKEN_SECRET) {
         env.push(EnvVar {
             name: "DAPR_API_TOKEN".to_string(),

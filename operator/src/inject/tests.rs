@@ -18,6 +18,7 @@ pub(super) fn cfg() -> InjectorConfig {
         sidecar_image: "ghcr.io/statecar/statecar:0.1.0".into(),
         image_pull_policy: Some("IfNotPresent".into()),
         control_plane_address: "statecar-operator.statecar-system.svc:6500".into(),
+        control_plane_trust_anchors: None,
         operator_namespace: "statecar-system".into(),
         default_resources: SidecarResources {
             cpu_request: Some("10m".into()),

@@ -36,15 +36,22 @@ use settings::WebhookArgs;
 
 pub struct Webhook {
     pub injector: InjectorConfig,
+    /// When sidecars reach the operator over TLS: the CA bundle they are given to verify it.
+    pub trust_anchors: Option<CertStore>,
     pub metrics: Arc<Metrics>,
     /// `dapr.io/*` annotations already logged as unsupported (each is logged once).
     logged_unsupported: Mutex<HashSet<String>>,
 }
 
 impl Webhook {
-    pub fn new(injector: InjectorConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        injector: InjectorConfig,
+        trust_anchors: Option<CertStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             injector,
+            trust_anchors,
             metrics,
             logged_unsupported: Mutex::default(),
         }
@@ -128,7 +135,15 @@ async fn mutate(State(w): State<Arc<Webhook>>, body: Bytes) -> Response {
         }
     };
     let name = pod_label(pod);
-    let answer = match crate::inject::decide(pod, &namespace, &w.injector) {
+    let cfg = match &w.trust_anchors {
+        Some(store) => {
+            let mut cfg = w.injector.clone();
+            cfg.control_plane_trust_anchors = store.ca_bundle_pem();
+            std::borrow::Cow::Owned(cfg)
+        }
+        None => std::borrow::Cow::Borrowed(&w.injector),
+    };
+    let answer = match crate::inject::decide(pod, &namespace, &cfg) {
         Outcome::Inject {
             patch,
             app_id,
@@ -216,25 +231,17 @@ pub enum StartError {
     Register(#[source] kube::Error),
 }
 
-/// Starts everything behind the webhooks: the certificate loop, then (once a certificate
-/// exists) registration in `url` mode, then the HTTPS server. Returns the server task.
-pub async fn start(
+/// Starts the certificate loop and waits (up to 60 s) for the first serving certificate. The
+/// webhooks and the sidecars' config endpoint both serve it.
+pub async fn start_certs(
     client: kube::Client,
-    args: &WebhookArgs,
-    namespace: &str,
-    webhook: Arc<Webhook>,
-) -> Result<(CertStore, JoinHandle<std::io::Result<()>>), StartError> {
-    let listener = TcpListener::bind(args.webhook_listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: args.webhook_listen,
-            source,
-        })?;
+    settings: certs::CertSettings,
+) -> Result<CertStore, StartError> {
     let store = certs::new_store();
-    let cert_loop = certs::run(client.clone(), args.cert_settings(namespace), store.clone());
+    let cert_loop = certs::run(client, settings, store.clone());
     tokio::spawn(async move {
         if let Err(e) = cert_loop.await {
-            tracing::error!(error = %e, "webhook certificate loop stopped");
+            tracing::error!(error = %e, "serving certificate loop stopped");
         }
     });
     let wait = Duration::from_secs(60);
@@ -249,6 +256,24 @@ pub async fn start(
     if first.await.is_err() || store.current().is_none() {
         return Err(StartError::NoCertificate(wait));
     }
+    Ok(store)
+}
+
+/// Registers the webhooks in `url` mode (if asked), then serves them over HTTPS with the
+/// certificates in `store`. Returns the server task.
+pub async fn start(
+    client: kube::Client,
+    args: &WebhookArgs,
+    namespace: &str,
+    webhook: Arc<Webhook>,
+    store: CertStore,
+) -> Result<JoinHandle<std::io::Result<()>>, StartError> {
+    let listener = TcpListener::bind(args.webhook_listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: args.webhook_listen,
+            source,
+        })?;
     if let Some(host_port) = &args.register_webhooks_url {
         let namespace_selector = match &args.webhook_namespace_selector {
             Some(spec) => register::label_selector(spec).unwrap_or_else(|| {
@@ -280,5 +305,5 @@ pub async fn start(
         tls,
         std::future::pending(),
     ));
-    Ok((store, server))
+    Ok(server)
 }

@@ -63,6 +63,16 @@ pub struct WebhookArgs {
     #[arg(long, default_value = "Fail", value_parser = ["Ignore", "Fail"])]
     pub validate_failure_policy: String,
 
+    /// Serve the sidecars' config stream (--config-listen) over plain HTTP instead of HTTPS
+    /// with the operator's own certificate. Resolved secrets then cross the network in clear.
+    #[arg(long)]
+    pub config_plaintext: bool,
+
+    /// More names (DNS or IP) for the serving certificate, e.g. the host an out-of-cluster
+    /// operator is reached on (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME")]
+    pub tls_sans: Vec<String>,
+
     /// Image of the injected sidecar (`dapr.io/sidecar-image` overrides it per pod).
     #[arg(long, env = "STATECAR_SIDECAR_IMAGE", default_value = concat!("ghcr.io/statecar/statecar:", env!("CARGO_PKG_VERSION")))]
     pub sidecar_image: String,
@@ -112,9 +122,20 @@ impl WebhookArgs {
         InjectorConfig {
             sidecar_image: self.sidecar_image.clone(),
             image_pull_policy: Some(self.sidecar_image_pull_policy.clone()),
-            control_plane_address: self.sidecar_control_plane_address.clone().unwrap_or_else(
-                || format!("{}.{namespace}.svc:{config_port}", self.operator_service),
-            ),
+            control_plane_address: {
+                let address = self
+                    .sidecar_control_plane_address
+                    .clone()
+                    .unwrap_or_else(|| {
+                        format!("{}.{namespace}.svc:{config_port}", self.operator_service)
+                    });
+                if self.config_plaintext || address.contains("://") {
+                    address
+                } else {
+                    format!("https://{address}")
+                }
+            },
+            control_plane_trust_anchors: None,
             operator_namespace: namespace.to_string(),
             default_resources: SidecarResources {
                 cpu_request: non_empty(&self.sidecar_cpu_request),
@@ -146,8 +167,18 @@ impl WebhookArgs {
             format!("{svc}.{namespace}.svc"),
             format!("{svc}.{namespace}.svc.cluster.local"),
         ];
+        if !self.config_plaintext {
+            let op = &self.operator_service;
+            dns_names.push(format!("{op}.{namespace}.svc"));
+            dns_names.push(format!("{op}.{namespace}.svc.cluster.local"));
+        }
         if let Some(host) = self.url_host() {
             dns_names.push(host);
+        }
+        for san in &self.tls_sans {
+            if !dns_names.contains(san) {
+                dns_names.push(san.clone());
+            }
         }
         CertSettings {
             namespace: namespace.to_string(),
@@ -221,6 +252,16 @@ mod tests {
             s.dns_names
                 .contains(&"statecar-webhook.ops.svc".to_string())
         );
+        let i = a.injector_config("ops", 6500);
+        assert_eq!(
+            i.control_plane_address,
+            "https://statecar-operator.ops.svc:6500"
+        );
+        assert!(
+            s.dns_names
+                .contains(&"statecar-operator.ops.svc".to_string())
+        );
+        a.config_plaintext = true;
         let i = a.injector_config("ops", 6500);
         assert_eq!(i.control_plane_address, "statecar-operator.ops.svc:6500");
         assert_eq!(i.default_resources.cpu_limit, None);

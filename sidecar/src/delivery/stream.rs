@@ -105,6 +105,9 @@ pub struct StreamConfig {
     pub token_file: PathBuf,
     /// PEM CA bundle for https; the system roots when absent.
     pub ca_file: Option<PathBuf>,
+    /// PEM CA bundle given inline (the injector puts the operator's CA in the environment);
+    /// used instead of `ca_file` when set.
+    pub ca_pem: Option<String>,
     /// Bound for TCP connect + TLS + response headers.
     pub connect_timeout: Duration,
 }
@@ -329,7 +332,7 @@ async fn open_inner(cfg: &StreamConfig, token: &str) -> Result<Stream> {
         .header(USER_AGENT, concat!("statecar/", env!("CARGO_PKG_VERSION")))
         .body(Empty::<Bytes>::new())?;
     if ep.tls {
-        let connector = tls_connector(cfg.ca_file.as_deref())?;
+        let connector = tls_connector(cfg.ca_pem.as_deref(), cfg.ca_file.as_deref())?;
         let bare = ep.host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(bare.to_string())
             .with_context(|| format!("{bare:?} is not a valid TLS server name"))?;
@@ -406,10 +409,22 @@ async fn error_detail(mut stream: Stream) -> String {
     String::from_utf8_lossy(&body).trim().to_string()
 }
 
-fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector> {
+fn tls_connector(
+    ca_pem: Option<&str>,
+    ca_file: Option<&Path>,
+) -> Result<tokio_rustls::TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
+    match (ca_pem, ca_file) {
+        (Some(pem), _) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.context("--control-plane-trust-anchors")?;
+                roots.add(cert).context("--control-plane-trust-anchors")?;
+            }
+            if roots.is_empty() {
+                bail!("--control-plane-trust-anchors holds no certificate");
+            }
+        }
+        (None, Some(path)) => {
             let certs = CertificateDer::pem_file_iter(path)
                 .with_context(|| format!("cannot read {} (--control-plane-ca)", path.display()))?;
             for cert in certs {
@@ -426,7 +441,7 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector> {
                 );
             }
         }
-        None => {
+        (None, None) => {
             let native = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(native.certs);
             if added == 0 {

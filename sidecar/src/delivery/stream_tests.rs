@@ -200,6 +200,7 @@ fn config(addr: &str, token_file: &Path) -> StreamConfig {
         pod_name: "pod-0".into(),
         token_file: token_file.to_path_buf(),
         ca_file: None,
+        ca_pem: None,
         connect_timeout: Duration::from_secs(5),
     }
 }
