@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Stops the control plane started by tests/cluster/up.sh (only the processes named by its pid
 # files), waits for them to exit and removes the pid files. Certificates, etcd data and logs
-# stay, and so does the binary cache.
+# stay, and so does the binary cache. A node (up.sh --node) is taken down first: its daemons and
+# pods, then its mounts, cgroups, iptables chains, bridge and runtime state are removed and the
+# sysctls it changed are restored.
 #
 #   tests/cluster/down.sh           stop
 #   tests/cluster/down.sh --purge   stop, then delete the state dir (never the binary cache)
@@ -16,7 +18,7 @@ for arg in "$@"; do
   case "$arg" in
     --purge) purge=1 ;;
     -h | --help)
-      sed -n '2,11p' "$0"
+      sed -n '2,14p' "$0"
       exit 0
       ;;
     *)
@@ -52,6 +54,13 @@ if [ -f "$STATE_DIR/.statecar-cluster" ]; then
 fi
 
 stopped=0
+# shellcheck source=tests/cluster/node.sh
+. "$(dirname "$0")/node.sh"
+if [ -d "$NODE_DIR" ]; then
+  if node_any_alive; then stopped=$((stopped + 1)); fi
+  printf 'stopping the node (state dir %s)\n' "$NODE_DIR"
+  node_stop
+fi
 for name in kube-controller-manager kube-apiserver etcd; do
   pidfile="$STATE_DIR/$name.pid"
   [ -f "$pidfile" ] || continue
@@ -80,6 +89,8 @@ for name in kube-controller-manager kube-apiserver etcd; do
   fi
   rm -f "$pidfile"
 done
+# The node's network, mounts and state go only now: the API server listens on its bridge.
+if [ -d "$NODE_DIR" ]; then node_cleanup; fi
 [ "$stopped" -gt 0 ] || printf 'nothing running for %s\n' "$STATE_DIR"
 
 if [ -n "$purge" ]; then

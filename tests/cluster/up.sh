@@ -2,38 +2,53 @@
 # Starts (or reuses) a local Kubernetes 1.20 control plane for the integration tests: etcd,
 # kube-apiserver and kube-controller-manager as plain processes on free loopback ports. No
 # kubelet and no container runtime, so pods are accepted by the API server but stay Pending.
+# With --node it is a single-node cluster that runs pods (tests/cluster/node.sh).
 #
 # Progress goes to stderr; the last line of stdout is the absolute path of a kubeconfig for the
 # cluster, so `export KUBECONFIG="$(tests/cluster/up.sh)"` works.
 #
 #   tests/cluster/up.sh            start or reuse the cluster
+#   tests/cluster/up.sh --node     the same plus a node (containerd, kubelet, kube-proxy,
+#                                  kube-scheduler, bridge statecar0 on 10.244.0.0/24, dnsmasq);
+#                                  the API server then listens on 10.244.0.1, not 127.0.0.1
 #   tests/cluster/up.sh --status   exit 0 (printing the kubeconfig path) if the local cluster is
 #                                  running and ready, else 1; never starts anything
 #   tests/cluster/up.sh --restart-apiserver
 #                                  stop the running cluster's kube-apiserver and start it again
 #                                  on the same port (for restart tests); fails if not running
+#   tests/cluster/up.sh --build-only [--node]
+#                                  only install and build the binaries (e.g. to fill a CI cache)
 #
 #   KUBECONFIG            if set and its cluster answers /readyz, that cluster is used as is
+#                         (not with --node)
+#   STATECAR_NODE         1: same as --node
 #   STATECAR_CACHE        binary cache root (default ~/.cache/statecar); binaries live in
 #                         $STATECAR_CACHE/k8s/1.20.2/
 #   STATECAR_CLUSTER_DIR  state dir: pid files, logs, certs, etcd data, kubeconfig
 #                         (default ~/.cache/statecar/cluster)
+#   STATECAR_PAUSE_TAR    pod sandbox image for --node (default: target/images/pause-*.tar if
+#                         built, else a pause image built from tests/cluster/node/pause.c)
 #
 # See tests/cluster/README.md. Stop with tests/cluster/down.sh.
 set -euo pipefail
 
 status_only=""
 restart_apiserver=""
+build_only=""
+node=""
+case "${STATECAR_NODE:-}" in "" | 0) ;; *) node=1 ;; esac
 for arg in "$@"; do
   case "$arg" in
     --status) status_only=1 ;;
     --restart-apiserver) restart_apiserver=1 ;;
+    --node) node=1 ;;
+    --build-only) build_only=1 ;;
     -h | --help)
-      sed -n '2,22p' "$0"
+      sed -n '2,32p' "$0"
       exit 0
       ;;
     *)
-      printf 'usage: %s [--status | --restart-apiserver]\n' "$0" >&2
+      printf 'usage: %s [--node] [--status | --restart-apiserver | --build-only]\n' "$0" >&2
       exit 2
       ;;
   esac
@@ -70,7 +85,7 @@ fail_with_log() {
 # ---------------------------------------------------------------------------------------------
 # 1. An existing cluster named by KUBECONFIG wins.
 # ---------------------------------------------------------------------------------------------
-if [ -z "$status_only$restart_apiserver" ] && [ -n "${KUBECONFIG:-}" ] && command -v kubectl >/dev/null 2>&1 &&
+if [ -z "$status_only$restart_apiserver$build_only$node" ] && [ -n "${KUBECONFIG:-}" ] && command -v kubectl >/dev/null 2>&1 &&
   kubectl --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
   printf '==> using the existing cluster from KUBECONFIG=%s (/readyz answers)\n' "$KUBECONFIG" >&2
   printf '%s\n' "$KUBECONFIG"
@@ -91,6 +106,13 @@ BIN_DIR="$CACHE_ROOT/k8s/$K8S_VERSION"
 KCFG="$STATE_DIR/kubeconfig"
 PKI="$STATE_DIR/pki"
 LOGS="$STATE_DIR/logs"
+# shellcheck source=tests/cluster/node.sh
+. "$(dirname "$0")/node.sh"
+# The API server listens on the node's bridge address with --node (pods must reach it), else on
+# loopback.
+if [ -n "$restart_apiserver" ] && [ -f "$NODE_DIR/enabled" ]; then node=1; fi
+API_HOST=127.0.0.1
+if [ -n "$node" ]; then API_HOST=$NODE_IP; fi
 
 kc() { kubectl --kubeconfig "$KCFG" --request-timeout=5s "$@"; }
 
@@ -106,12 +128,16 @@ pid_alive() {
 all_alive() {
   pid_alive "$STATE_DIR/etcd.pid" etcd &&
     pid_alive "$STATE_DIR/kube-apiserver.pid" kube-apiserver &&
-    pid_alive "$STATE_DIR/kube-controller-manager.pid" kube-controller-manager
+    pid_alive "$STATE_DIR/kube-controller-manager.pid" kube-controller-manager || return 1
+  if [ -n "$node" ] || [ -f "$NODE_DIR/enabled" ]; then node_all_alive; fi
 }
 
 # Stops whatever the pid files point at (only processes of this state dir) and removes them.
 stop_all() {
   local name pid i
+  # The node's daemons and pods first; its bridge, iptables chains, mounts etc. after the
+  # control plane (which listens on the bridge address with --node).
+  node_stop
   for name in kube-controller-manager kube-apiserver etcd; do
     if pid_alive "$STATE_DIR/$name.pid" "$name"; then
       pid="$(cat "$STATE_DIR/$name.pid")"
@@ -124,6 +150,7 @@ stop_all() {
     fi
     rm -f "$STATE_DIR/$name.pid"
   done
+  node_cleanup
 }
 
 HEARTBEAT_PID=""
@@ -158,6 +185,9 @@ if [ -n "$status_only" ]; then
   exit 1
 fi
 
+if [ -n "$build_only" ]; then
+  :
+else
 # One up.sh at a time per state dir. fd 9 is closed for every daemon started below, so the lock
 # is released when this script exits.
 touch "$STATE_DIR/.statecar-cluster"
@@ -176,6 +206,7 @@ elif running_and_ready 6; then
 fi
 # Anything half-running or stale pid files: start over cleanly.
 [ -n "$restart_apiserver" ] || stop_all
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 2. Binaries: etcd from Debian, kube-apiserver and kube-controller-manager built once from
@@ -197,14 +228,30 @@ if ! command -v etcd >/dev/null 2>&1; then
   apt_install etcd-server
 fi
 command -v openssl >/dev/null 2>&1 || apt_install openssl
+if [ -n "$node" ] && [ -z "$build_only" ]; then node_packages; fi
 
+CONTROL_PLANE_BINS=(kube-apiserver kube-controller-manager)
+NODE_BINS=(kube-scheduler kubelet kube-proxy)
+
+# missing_binaries [NAME...]: prints the names (default: all five) not in the cache.
+missing_binaries() {
+  local b
+  [ "$#" -gt 0 ] || set -- "${CONTROL_PLANE_BINS[@]}" "${NODE_BINS[@]}"
+  for b in "$@"; do [ -x "$BIN_DIR/$b" ] || printf '%s\n' "$b"; done
+}
+
+# The binaries this run needs: the control plane's, plus the node's with --node.
 binaries_present() {
-  [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kube-controller-manager" ]
+  if [ -n "$node" ]; then
+    [ -z "$(missing_binaries)" ]
+  else
+    [ -z "$(missing_binaries "${CONTROL_PLANE_BINS[@]}")" ]
+  fi
 }
 
 build_binaries() {
   local work="$CACHE_ROOT/k8s/build-$K8S_VERSION"
-  local need=() p
+  local need=() p b
   for p in golang-go rsync dpkg-dev make golang-github-modern-go-reflect2-dev debian-archive-keyring; do
     pkg_installed "$p" || need+=("$p")
   done
@@ -255,7 +302,12 @@ KUBE_GIT_MAJOR='1'
 KUBE_GIT_MINOR='20'
 EOF
 
-  step "building kube-apiserver and kube-controller-manager (takes ~8 min on 2 cores)"
+  # Whatever is missing of all five is built in one go, so a cold cache is filled by one build
+  # whether or not this run needs the node.
+  local what=() names=()
+  mapfile -t names < <(missing_binaries)
+  for b in "${names[@]}"; do what+=("cmd/$b"); done
+  step "building ${names[*]} (all five: ~15 min on 2 cores)"
   info "log: $work/build.log"
   local start=$SECONDS
   (
@@ -270,7 +322,7 @@ EOF
     cd "$src"
     exec env CGO_ENABLED=0 GOPROXY=off GOFLAGS= GOCACHE="$work/go-build" \
       KUBE_GIT_VERSION_FILE="$work/version.env" \
-      make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
+      make WHAT="${what[*]}"
   ) >"$work/build.log" 2>&1; then
     fail_with_log "building kubernetes failed" "$work/build.log"
   fi
@@ -279,8 +331,7 @@ EOF
   info "built in $((SECONDS - start)) s"
 
   mkdir -p "$BIN_DIR"
-  local b
-  for b in kube-apiserver kube-controller-manager; do
+  for b in "${names[@]}"; do
     [ -x "$src/_output/bin/$b" ] || fail_with_log "$b not found after the build" "$work/build.log"
     cp "$src/_output/bin/$b" "$BIN_DIR/.$b.tmp.$$"
     chmod 0755 "$BIN_DIR/.$b.tmp.$$"
@@ -292,7 +343,7 @@ EOF
     mv "$work" "$trash"
     (rm -rf "$trash") </dev/null >/dev/null 2>&1 8>&- 9>&- &
   fi
-  step "cached $BIN_DIR/{kube-apiserver,kube-controller-manager}"
+  step "cached ${names[*]} in $BIN_DIR"
 }
 
 if ! binaries_present; then
@@ -301,12 +352,21 @@ if ! binaries_present; then
   binaries_present || build_binaries
   exec 8>&-
 fi
+if [ -n "$build_only" ]; then
+  step "binaries cached in $BIN_DIR: $(cd "$BIN_DIR" && ls | tr '\n' ' ')"
+  exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. Certificates, keys and the admin token (created once, then reused).
 # ---------------------------------------------------------------------------------------------
 mkdir -p "$PKI" "$LOGS"
 chmod 0700 "$PKI"
+# The node's pods reach the API server at the bridge address: older certificates lack it.
+if [ -n "$node" ] && [ -s "$PKI/apiserver.crt" ] &&
+  ! openssl x509 -in "$PKI/apiserver.crt" -noout -text 2>/dev/null | grep -q "IP Address:$NODE_IP\b"; then
+  rm -f "$PKI/apiserver.crt"
+fi
 if [ ! -s "$PKI/ca.crt" ] || [ ! -s "$PKI/ca.key" ] || [ ! -s "$PKI/apiserver.crt" ] ||
   [ ! -s "$PKI/apiserver.key" ] || [ ! -s "$PKI/sa.key" ] || [ ! -s "$PKI/sa.pub" ]; then
   step "generating CA, apiserver certificate and service-account keys in $PKI"
@@ -328,7 +388,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1, DNS:localhost, IP:10.0.0.1, IP:10.96.0.1, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
+subjectAltName = IP:127.0.0.1, DNS:localhost, IP:10.0.0.1, IP:10.96.0.1, IP:10.244.0.1, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
 EOF
     openssl genrsa -out ca.key 2048
     openssl req -x509 -new -key ca.key -config openssl.cnf -extensions ca -days 3650 -out ca.crt
@@ -344,13 +404,15 @@ fi
 if [ ! -s "$PKI/tokens.csv" ]; then
   (umask 077 && printf '%s,statecar-admin,statecar-admin,"system:masters"\n' "$(openssl rand -hex 32)" >"$PKI/tokens.csv")
 fi
-ADMIN_TOKEN="$(cut -d, -f1 "$PKI/tokens.csv")"
+ADMIN_TOKEN="$(grep ',statecar-admin,statecar-admin,' "$PKI/tokens.csv" | head -n 1 | cut -d, -f1)"
+if [ -n "$node" ]; then node_pki; fi
 
 # ---------------------------------------------------------------------------------------------
 # Ports: reuse the previous ones when still free (stable kubeconfig), else pick free ones.
 # ---------------------------------------------------------------------------------------------
 port_in_use() {
   if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+  if [ "$API_HOST" != 127.0.0.1 ] && (exec 3<>"/dev/tcp/$API_HOST/$1") 2>/dev/null; then return 0; fi
   # Any socket on the port other than TIME-WAIT leftovers (which do not block a listener).
   local socks=""
   if command -v ss >/dev/null 2>&1; then
@@ -361,8 +423,9 @@ port_in_use() {
 
 declare -A PORT=()
 pick_ports() {
-  local name p taken
-  for name in etcd-client etcd-peer apiserver controller-manager; do
+  local name p taken names=(etcd-client etcd-peer apiserver controller-manager)
+  if [ -n "$node" ]; then names+=(kubelet kubelet-healthz kube-proxy-healthz kube-proxy-metrics scheduler); fi
+  for name in "${names[@]}"; do
     p="${PORT[$name]:-}"
     if [ -z "$p" ] || port_in_use "$p"; then
       while :; do
@@ -395,7 +458,7 @@ kind: Config
 clusters:
 - name: statecar-local
   cluster:
-    server: https://127.0.0.1:${PORT[apiserver]}
+    server: https://$API_HOST:${PORT[apiserver]}
     certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
 users:
 - name: statecar-admin
@@ -423,13 +486,22 @@ launch() {
   printf '%s\n' "$!" >"$STATE_DIR/$name.pid"
 }
 
+# child_running PIDFILE: the process just launched still runs (whatever it has exec'd so far).
+child_running() {
+  local pid
+  pid="$(cat "$1" 2>/dev/null)" || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null
+}
+
 # wait_for NAME SECONDS CHECK...: polls CHECK until it succeeds; fails if the daemon dies.
 wait_for() {
   local name=$1 secs=$2
   shift 2
   local deadline=$((SECONDS + secs))
   while ! "$@" >/dev/null 2>&1; do
-    pid_alive "$STATE_DIR/$name.pid" "$name" || return 2
+    # Until setsid (and env) have exec'd the daemon, the child does not look like it yet.
+    pid_alive "$STATE_DIR/$name.pid" "$name" || child_running "$STATE_DIR/$name.pid" || return 2
     ((SECONDS < deadline)) || return 1
     sleep 0.5
   done
@@ -460,12 +532,21 @@ start_daemon_checked() {
 }
 
 launch_apiserver() {
-  step "starting kube-apiserver on https://127.0.0.1:${PORT[apiserver]}"
+  # With the node: on the bridge address, advertised there (the `kubernetes` Service's endpoint),
+  # webhooks called at endpoint IPs, and a client certificate for kubelet (logs, exec).
+  local extra=(--advertise-address=10.0.0.1)
+  if [ -n "$node" ]; then
+    extra=(--advertise-address="$NODE_IP" --enable-aggregator-routing=true
+      --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+      --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+      --kubelet-preferred-address-types=InternalIP)
+  fi
+  step "starting kube-apiserver on https://$API_HOST:${PORT[apiserver]}"
   launch kube-apiserver "$BIN_DIR/kube-apiserver" \
-    --bind-address=127.0.0.1 \
+    --bind-address="$API_HOST" \
     --secure-port="${PORT[apiserver]}" \
     --insecure-port=0 \
-    --advertise-address=10.0.0.1 \
+    "${extra[@]}" \
     --etcd-servers="http://127.0.0.1:${PORT[etcd-client]}" \
     --cert-dir="$PKI" \
     --tls-cert-file="$PKI/apiserver.crt" \
@@ -484,6 +565,7 @@ launch_apiserver() {
 }
 
 start_cluster() {
+  if [ -n "$node" ]; then node_network_up; fi
   pick_ports
   write_kubeconfig
   info "ports: etcd ${PORT[etcd-client]}/${PORT[etcd-peer]}, apiserver ${PORT[apiserver]}, controller-manager ${PORT[controller-manager]}"
@@ -579,6 +661,8 @@ for _ in $(seq 1 20); do
   sleep 1
 done
 [ -n "$ok" ] || fail_with_log "the API server does not accept pods" "$LOGS/dry-run.log"
+if [ -n "$node" ]; then node_start; fi
 kc get ns >&2
+if [ -n "$node" ]; then kc get nodes -o wide >&2; fi
 step "cluster ready in $((SECONDS - start)) s (state dir $STATE_DIR, logs in $LOGS)"
 printf '%s\n' "$KCFG"
