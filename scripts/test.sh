@@ -49,6 +49,9 @@ step "building statecar and statecar-operator"
 cargo build -p sidecar -p operator --locked
 export STATECAR_BIN="$PWD/target/debug/statecar"
 export STATECAR_OPERATOR_BIN="$PWD/target/debug/statecar-operator"
+# The image tests (tests/images.rs) check how images are assembled; the debug binaries built
+# above serve for that as well as release ones and spare a release build.
+export STATECAR_RELEASE_DIR="${STATECAR_RELEASE_DIR:-$PWD/target/debug}"
 
 # A real Kubernetes API server for the operator tests: KUBECONFIG's cluster when it answers,
 # else a local etcd + kube-apiserver + kube-controller-manager (built once, then cached).
