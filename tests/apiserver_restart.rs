@@ -13,7 +13,7 @@ use statecar_tests::cluster::{
     Namespace, Operator, OperatorOptions, apply_component, cluster, components, kubernetes_sidecar,
     pod_identity, wait_ready,
 };
-use statecar_tests::{Sidecar, shared_redis, unique};
+use statecar_tests::{Sidecar, shared_redis, unique, until_saves_land};
 
 fn redis_component(name: &str, db: u32) -> Value {
     json!({
@@ -136,24 +136,15 @@ async fn operator_and_sidecar_survive_an_apiserver_restart() {
         });
     let applied = Instant::now();
     apply_component(&api, redis_component("statestore", 2)).await;
-    let mut n = 0;
-    let took = loop {
-        n += 1;
-        let key = format!("after-{n}");
-        let r = sc
-            .post_json("/v1.0/state/statestore", &json!([{"key": key, "value": n}]))
-            .await;
-        if r.status == 204 && exists(2, &sc.redis_key(&key)) {
-            break applied.elapsed();
-        }
-        assert!(
-            applied.elapsed() < Duration::from_secs(60),
-            "a change after the restart did not reach the sidecar in 60 s\n--- operator ---\n{}\n--- sidecar ---\n{}",
-            operator.logs(),
-            sc.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let took = until_saves_land(
+        &sc,
+        Duration::from_secs(60),
+        "statestore",
+        applied,
+        "a change after the restart",
+        |k| exists(2, k),
+    )
+    .await;
     eprintln!("first change after the restart reached the sidecar in {took:?}");
     apply_component(&api, redis_component("second", 3)).await;
     wait_ready(&api, "second", "True", "Valid", Duration::from_secs(60))

@@ -10,7 +10,7 @@ use statecar_tests::cluster::{
     kubernetes_sidecar, kubernetes_sidecar_at, pod_identity, put_secret, wait_ready,
 };
 use statecar_tests::process::{Guarded, Spawn, free_port};
-use statecar_tests::{RedisServer, Sidecar, unique};
+use statecar_tests::{RedisServer, unique, until_saves_land};
 
 const PASSWORD: &str = "e2e-Secret-pw";
 /// The bound on config propagation.
@@ -38,39 +38,6 @@ fn exists(redis: &RedisServer, db: u32, key: &str) -> bool {
         .arg(key)
         .query::<bool>(&mut redis.conn_db(db))
         .unwrap_or_else(|e| panic!("EXISTS {key} in db {db}: {e}"))
-}
-
-/// Saves a fresh key every 20 ms until one lands where `landed` says; returns the time from
-/// `since` to the first such save.
-async fn until_saves_land(
-    sc: &Sidecar,
-    store: &str,
-    since: Instant,
-    what: &str,
-    mut landed: impl FnMut(&str) -> bool,
-) -> Duration {
-    let mut n = 0;
-    loop {
-        n += 1;
-        let key = format!("probe-{n}");
-        let r = sc
-            .post_json(
-                &format!("/v1.0/state/{store}"),
-                &json!([{"key": key, "value": n}]),
-            )
-            .await;
-        if r.status == 204 && landed(&sc.redis_key(&key)) {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(10),
-            "{what}: not after 10 s (last save: {} {})\n{}",
-            r.status,
-            r.text(),
-            sc.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,9 +83,14 @@ async fn sidecar_serves_state_and_hot_reloads_operator_changes() {
     // A new redisDB: saves land in db 5 within 2 s of the apply.
     let applied = Instant::now();
     apply_component(&api, redis_component("statestore", &redis, 5)).await;
-    let took = until_saves_land(&sc, "statestore", applied, "redisDB 0 -> 5", |k| {
-        exists(&redis, 5, k)
-    })
+    let took = until_saves_land(
+        &sc,
+        Duration::from_secs(10),
+        "statestore",
+        applied,
+        "redisDB 0 -> 5",
+        |k| exists(&redis, 5, k),
+    )
     .await;
     eprintln!("redisDB change reached the sidecar in {took:?}");
     assert!(
@@ -136,9 +108,14 @@ async fn sidecar_serves_state_and_hot_reloads_operator_changes() {
     // A second component appears, then the first is deleted: each within 2 s.
     let applied = Instant::now();
     apply_component(&api, redis_component("cache", &redis, 7)).await;
-    let took = until_saves_land(&sc, "cache", applied, "new component", |k| {
-        exists(&redis, 7, k)
-    })
+    let took = until_saves_land(
+        &sc,
+        Duration::from_secs(10),
+        "cache",
+        applied,
+        "new component",
+        |k| exists(&redis, 7, k),
+    )
     .await;
     eprintln!("new component reached the sidecar in {took:?}");
     assert!(took < PROPAGATION, "new component took {took:?}");
@@ -277,9 +254,14 @@ async fn config_stream_over_tls_with_the_operators_ca() {
         .expect_no_content();
     let applied = Instant::now();
     apply_component(&api, redis_component("statestore", &redis, 4)).await;
-    let took = until_saves_land(&sc, "statestore", applied, "redisDB 0 -> 4 over TLS", |k| {
-        exists(&redis, 4, k)
-    })
+    let took = until_saves_land(
+        &sc,
+        Duration::from_secs(10),
+        "statestore",
+        applied,
+        "redisDB 0 -> 4 over TLS",
+        |k| exists(&redis, 4, k),
+    )
     .await;
     eprintln!("redisDB change over the TLS stream reached the sidecar in {took:?}");
     assert!(took < PROPAGATION, "took {took:?}");

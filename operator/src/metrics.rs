@@ -40,6 +40,20 @@ pub const SKIP_REASONS: [&str; 4] = [
     "not_a_pod_create",
 ];
 
+/// A counter with one label, one line per value.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (v, c) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Relaxed));
+    }
+}
+
 /// Upper bounds (seconds) of the admission latency buckets.
 const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -134,14 +148,15 @@ impl Metrics {
             u8::from(self.leader.load(Relaxed)).to_string(),
         );
         let w = &self.webhook;
-        let _ = writeln!(
-            out,
-            "# HELP statecar_webhook_requests_total AdmissionReviews received.\n\
-             # TYPE statecar_webhook_requests_total counter\n\
-             statecar_webhook_requests_total{{webhook=\"mutate\"}} {}\n\
-             statecar_webhook_requests_total{{webhook=\"validate\"}} {}",
-            w.mutate_requests.load(Relaxed),
-            w.validate_requests.load(Relaxed)
+        labelled(
+            &mut out,
+            "statecar_webhook_requests_total",
+            "AdmissionReviews received.",
+            "webhook",
+            [
+                ("mutate", &w.mutate_requests),
+                ("validate", &w.validate_requests),
+            ],
         );
         metric(
             &mut out,
@@ -150,26 +165,22 @@ impl Metrics {
             "Pods the sidecar was injected into.",
             w.injected.load(Relaxed).to_string(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP statecar_webhook_skipped_total Pods admitted unchanged, by reason.\n\
-             # TYPE statecar_webhook_skipped_total counter"
+        labelled(
+            &mut out,
+            "statecar_webhook_skipped_total",
+            "Pods admitted unchanged, by reason.",
+            "reason",
+            SKIP_REASONS.iter().copied().zip(&w.skipped),
         );
-        for (reason, c) in SKIP_REASONS.iter().zip(&w.skipped) {
-            let _ = writeln!(
-                out,
-                "statecar_webhook_skipped_total{{reason=\"{reason}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP statecar_webhook_denied_total AdmissionReviews answered with a denial.\n\
-             # TYPE statecar_webhook_denied_total counter\n\
-             statecar_webhook_denied_total{{webhook=\"mutate\"}} {}\n\
-             statecar_webhook_denied_total{{webhook=\"validate\"}} {}",
-            w.mutate_denied.load(Relaxed),
-            w.validate_denied.load(Relaxed)
+        labelled(
+            &mut out,
+            "statecar_webhook_denied_total",
+            "AdmissionReviews answered with a denial.",
+            "webhook",
+            [
+                ("mutate", &w.mutate_denied),
+                ("validate", &w.validate_denied),
+            ],
         );
         metric(
             &mut out,

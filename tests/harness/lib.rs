@@ -23,7 +23,7 @@ pub use sidecar::{
     Sidecar, SidecarBuilder, StartFailure, component_yaml, component_yaml_ext, statecar_bin,
     store_yaml,
 };
-pub use state::{key_path, store_path};
+pub use state::{key_path, store_path, until_saves_land};
 
 /// Name of the default state store component.
 pub const STORE: &str = "statestore";

@@ -154,3 +154,38 @@ impl Sidecar {
         }
     }
 }
+
+/// Saves a fresh key through `sc` every 20 ms until one lands where `landed` says (it gets
+/// the Redis key); returns the time from
+/// `since` to the first such save.
+pub async fn until_saves_land(
+    sc: &Sidecar,
+    timeout: Duration,
+    store: &str,
+    since: Instant,
+    what: &str,
+    mut landed: impl FnMut(&str) -> bool,
+) -> Duration {
+    let mut n = 0;
+    loop {
+        n += 1;
+        let key = format!("probe-{n}");
+        let r = sc
+            .post_json(
+                &format!("/v1.0/state/{store}"),
+                &json!([{"key": key, "value": n}]),
+            )
+            .await;
+        if r.status == 204 && landed(&sc.redis_key(&key)) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < timeout,
+            "{what}: not within {timeout:?} (last save: {} {})\n{}",
+            r.status,
+            r.text(),
+            sc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
