@@ -43,7 +43,7 @@ while [ $# -gt 0 ]; do
 done
 
 cd "$repo"
-for tool in python3 ldd gcc; do
+for tool in python3 ldd gcc strip; do
   command -v "$tool" >/dev/null || { echo "build.sh: $tool is required" >&2; exit 1; }
 done
 
@@ -80,8 +80,14 @@ echo "==> compiling images/pause/pause.c (static)" >&2
 gcc -static -O2 -s -Wall -Wextra -Werror -DVERSION="\"$version\"" \
   -o "$work/pause" images/pause/pause.c
 
+# Release builds are stripped already; a debug build would otherwise put hundreds of MiB of
+# debug info into the image.
+for bin in statecar statecar-operator; do
+  strip --strip-all -o "$work/$bin" "$release/$bin"
+done
+
 echo "==> assembling images in $out" >&2
 python3 images/build.py --out "$out" \
-  --statecar "$release/statecar" \
-  --operator "$release/statecar-operator" \
+  --statecar "$work/statecar" \
+  --operator "$work/statecar-operator" \
   --pause "$work/pause"
