@@ -462,17 +462,25 @@ fn defaults_render_every_object_with_the_expected_fields() {
     // The test hook.
     let test = find(&docs, "Pod", "statecar-test-webhook");
     assert_eq!(test["metadata"]["annotations"]["helm.sh/hook"], "test");
-    assert_eq!(test["spec"]["containers"][0]["image"], "busybox:1.36");
-    let script = test["spec"]["containers"][0]["command"][2]
-        .as_str()
-        .unwrap();
-    assert!(
-        script.contains(&format!("http://statecar-operator.{NS}.svc:8080/readyz")),
-        "{script}"
+    let check = &test["spec"]["containers"][0];
+    assert_eq!(
+        check["image"], c["image"],
+        "the test runs the operator's own image"
     );
-    assert!(
-        script.contains(&format!("https://statecar-webhook.{NS}.svc:443/validate")),
-        "{script}"
+    assert_eq!(
+        check["command"],
+        json!([
+            "/statecar-operator",
+            "check",
+            format!("--readyz=http://statecar-operator.{NS}.svc:8080/readyz"),
+            format!("--webhook=https://statecar-webhook.{NS}.svc:443/validate"),
+            "--ca-file=/var/run/statecar/webhook-ca/ca.crt"
+        ])
+    );
+    // Only the CA of the webhook Secret is mounted, never its private key.
+    assert_eq!(
+        test["spec"]["volumes"][0]["secret"],
+        json!({"secretName": "statecar-webhook-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]})
     );
 
     // Off by default.
@@ -500,6 +508,8 @@ fn values_become_operator_flags_and_pod_settings() {
         r#"tolerations=[{"key":"dedicated","operator":"Exists","effect":"NoSchedule"}]"#,
         "--set",
         "webhook.namespaceSelector.matchLabels.statecar=on",
+        "--set",
+        "crds.manage=false",
     ]);
     let deploy = find(&docs, "Deployment", "statecar-operator");
     assert_eq!(deploy["spec"]["replicas"], 3);
@@ -522,10 +532,21 @@ fn values_become_operator_flags_and_pod_settings() {
         "--sidecar-cpu-request=10m",
         "--sidecar-cpu-limit=500m",
         "--sidecar-memory-limit=",
+        "--manage-crd=false",
     ] {
         assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
     }
+    // And the operator may no longer touch the CRD.
     let prefix = format!("statecar-{NS}");
+    let cluster_role = find(&docs, "ClusterRole", &format!("{prefix}-operator"));
+    assert!(
+        !cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["apiGroups"] == json!(["apiextensions.k8s.io"])),
+        "{cluster_role}"
+    );
     let mwc = find(
         &docs,
         "MutatingWebhookConfiguration",
@@ -751,6 +772,8 @@ fn rbac_is_exactly_what_the_operator_needs() {
              "resourceNames": [format!("{prefix}-validator")], "verbs": ["get", "list", "watch", "patch"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+            {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+             "resourceNames": ["components.dapr.io"], "verbs": ["get", "patch"]},
         ])
     );
     let role = find(&docs, "Role", "statecar-operator");
@@ -1129,6 +1152,23 @@ async fn install_upgrade_and_uninstall_on_the_cluster() {
             false,
             vec!["update", "leases.coordination.k8s.io/another", "-n", ns],
         ),
+        (
+            true,
+            vec!["patch", "customresourcedefinitions/components.dapr.io"],
+        ),
+        (
+            true,
+            vec!["get", "customresourcedefinitions/components.dapr.io"],
+        ),
+        (false, vec!["create", "customresourcedefinitions"]),
+        (
+            false,
+            vec!["patch", "customresourcedefinitions/someone-elses"],
+        ),
+        (
+            false,
+            vec!["delete", "customresourcedefinitions/components.dapr.io"],
+        ),
         (false, vec!["update", "components.dapr.io", "-A"]),
         (false, vec!["delete", "pods", "-A"]),
         (false, vec!["list", "nodes"]),
@@ -1199,6 +1239,12 @@ async fn install_upgrade_and_uninstall_on_the_cluster() {
     assert!(
         !logs.contains("forbidden"),
         "the operator was refused something:\n{logs}"
+    );
+    // It kept the CRD current (the chart's rule lets it patch the CRD the chart created).
+    assert!(
+        logs.contains("CustomResourceDefinition components.dapr.io")
+            && !logs.contains("cannot keep CustomResourceDefinition"),
+        "{logs}"
     );
     operator.kill();
 

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod certs;
+pub mod crd;
 pub mod delivery;
 pub mod inject;
 pub mod leader;
@@ -10,5 +11,6 @@ pub mod metrics;
 pub mod probes;
 pub mod reconcile;
 pub mod resolve;
+pub mod selfcheck;
 pub mod tls;
 pub mod webhook;

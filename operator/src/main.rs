@@ -60,12 +60,42 @@ struct Cli {
     #[arg(long)]
     log_as_json: bool,
 
+    /// Apply the Component CRD at start so it matches this operator's version (needs get and
+    /// patch on customresourcedefinitions named components.dapr.io). --manage-crd=false leaves
+    /// the CRD alone.
+    #[arg(
+        long,
+        env = "STATECAR_MANAGE_CRD",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    manage_crd: bool,
+
     #[command(flatten)]
     webhook: WebhookArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Check a running operator from inside the cluster, as `helm test` does: wait for its
+    /// /readyz, then call the validating webhook through its Service over verified TLS. Exits
+    /// non-zero with the reason when either fails.
+    Check(statecar_operator::selfcheck::CheckArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Check(args)) = &cli.command {
+        return check(args);
+    }
     let level: tracing::Level = cli.log_level.parse().unwrap_or(tracing::Level::INFO);
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
@@ -96,10 +126,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// `statecar-operator check`: plain output for a `helm test` log, no tracing setup.
+fn check(args: &statecar_operator::selfcheck::CheckArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(statecar_operator::selfcheck::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("check failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    // Before anything watches Components, so they are read with this version's schema.
+    if cli.manage_crd {
+        statecar_operator::crd::ensure(client.clone()).await;
+    } else {
+        tracing::info!(
+            "not applying CustomResourceDefinition {} (--manage-crd=false)",
+            statecar_crds::kube::CRD_NAME
+        );
+    }
     let identity = cli.identity.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",
@@ -261,5 +321,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("statecar-operator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn manage_crd_is_on_unless_turned_off() {
+        assert!(parse(&[]).unwrap().manage_crd);
+        assert!(parse(&["--manage-crd"]).unwrap().manage_crd);
+        assert!(parse(&["--manage-crd=true"]).unwrap().manage_crd);
+        assert!(!parse(&["--manage-crd=false"]).unwrap().manage_crd);
+        assert!(parse(&["--manage-crd=maybe"]).is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -149,6 +149,7 @@ impl Operator {
                 "STATECAR_PROBE_LISTEN",
                 "STATECAR_WEBHOOK_LISTEN",
                 "STATECAR_SIDECAR_IMAGE",
+                "STATECAR_MANAGE_CRD",
                 "HTTP_PROXY",
                 "HTTPS_PROXY",
                 "ALL_PROXY",
