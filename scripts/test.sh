@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every statecar check on a fresh machine: installs what the tests need (redis-server,
-# openssl, the Dapr JS SDK), builds the binary, then runs rustfmt, clippy and all tests.
+# openssl, the Dapr JS SDK, a local Kubernetes), builds the binaries, then runs rustfmt,
+# clippy, all tests and the end-to-end journey on a single-node cluster.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,9 @@ if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
   cp "$lock" "$stamp"
 fi
 
+# A fresh checkout gains nothing from incremental artifacts; they only take disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -68,5 +72,16 @@ fi
 
 step "cargo test"
 cargo test --workspace --locked "$@"
+
+# The user's journey on a real single-node cluster (kubelet, containerd, bridge network): helm
+# install, a Component, an annotated Deployment, state from inside its pods, a live config
+# change, helm uninstall. It starts and stops the node cluster itself, in its own state dir.
+step "end-to-end journey (tests/e2e/journey.sh)"
+if ! command -v busybox >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq busybox-static curl >/dev/null
+fi
+STATECAR_CLUSTER_DIR="${STATECAR_E2E_CLUSTER_DIR:-$HOME/.cache/statecar/cluster-node}" \
+  tests/e2e/journey.sh
 
 step "all checks passed"
