@@ -307,7 +307,7 @@ EOF
   local what=() names=()
   mapfile -t names < <(missing_binaries)
   for b in "${names[@]}"; do what+=("cmd/$b"); done
-  step "building ${names[*]} (all five: ~15 min on 2 cores)"
+  step "building ${names[*]} (all five: 8-15 min on 2 cores)"
   info "log: $work/build.log"
   local start=$SECONDS
   (
