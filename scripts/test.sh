@@ -32,6 +32,15 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
 fi
 
+# The counter example (examples/counter) that tests/run_command.rs runs uses requests.
+if ! python3 -c 'import requests' >/dev/null 2>&1; then
+  step "installing the Python package requests (examples/counter)"
+  python3 -m pip install -q requests 2>/dev/null || {
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-requests >/dev/null
+  }
+fi
+
 step "installing the Dapr JS SDK (tests/sdk-js)"
 lock=tests/sdk-js/package-lock.json
 stamp=tests/sdk-js/node_modules/.statecar-lock

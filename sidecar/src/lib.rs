@@ -3,4 +3,5 @@
 pub mod api;
 pub mod components;
 pub mod delivery;
+pub mod devtools;
 pub mod store;

@@ -14,6 +14,7 @@ use statecar::api::{self, ApiConfig, AppState, ListenAddresses};
 use statecar::components::loader::{ComponentConfig, LoadContext, Loaded};
 use statecar::components::{Registry, Stores, init_all, load_dirs};
 use statecar::delivery::{self, Endpoint, StreamConfig};
+use statecar::devtools::{self, Layout};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Layer;
@@ -32,8 +33,19 @@ use tower::Layer;
 /// until the first set is in effect. With `--config-cache`, the last set is kept on disk so
 /// that a restart while the operator is unreachable still comes up (after
 /// `--control-plane-timeout`).
+///
+/// On a workstation, `statecar init` writes a default state store to ~/.statecar/components
+/// (Redis when one answers, or a private redis-server with --start-redis, else in memory), and
+/// `statecar run --app-id ID -- CMD ARGS...` runs an app with its own sidecar, as `dapr init`
+/// and `dapr run` do.
 #[derive(Debug, Parser)]
-#[command(name = "statecar", version, about, long_about)]
+#[command(
+    name = "statecar",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Where components come from: `standalone` (component files) or `kubernetes` (the statecar
     /// operator).
@@ -191,6 +203,18 @@ struct Cli {
         help_heading = "Kubernetes mode"
     )]
     control_plane_timeout: Duration,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Developer commands; without one, statecar runs as the sidecar. Their help text is on their
+/// argument types.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    Init(devtools::init::InitArgs),
+    Run(devtools::run::RunArgs),
+    Uninstall(devtools::init::UninstallArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -339,7 +363,10 @@ fn init_logging(cli: &Cli) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return developer_command(command);
+    }
     init_logging(&cli);
     // Redis TLS uses rustls; pick its crypto provider once for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -363,6 +390,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `statecar init|run|uninstall`: plain output for a terminal, no tracing setup.
+fn developer_command(command: Command) -> ExitCode {
+    let (name, result) = match command {
+        Command::Init(args) => ("init", init(&args)),
+        Command::Uninstall(args) => ("uninstall", uninstall(&args)),
+        Command::Run(args) => ("run", run_app(&args)),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("statecar {name}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(args: &devtools::init::InitArgs) -> Result<u8> {
+    let layout = Layout::from_env()?;
+    devtools::init::init(args, &layout, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+fn uninstall(args: &devtools::init::UninstallArgs) -> Result<u8> {
+    let layout = Layout::from_env()?;
+    devtools::init::uninstall(args, &layout, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+/// One thread only: the children are told to stop when the thread that started them dies.
+fn run_app(args: &devtools::run::RunArgs) -> Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let code = runtime.block_on(devtools::run::run(args))?;
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    Ok(code)
 }
 
 fn load_components(cli: &Cli, namespace: Option<&str>) -> Result<Vec<ComponentConfig>> {
@@ -630,6 +696,28 @@ mod tests {
     fn config_is_accepted() {
         let parsed = cli(&["--config", "appconfig"]).expect("--config");
         assert_eq!(parsed.config.as_deref(), Some("appconfig"));
+    }
+
+    #[test]
+    fn subcommands_sit_next_to_the_flat_flags() {
+        let flat = cli(&["--app-id", "x", "--resources-path", "d"]).expect("flat flags");
+        assert!(flat.command.is_none());
+        assert_eq!(flat.app_id, "x");
+        let run = cli(&["run", "--app-id", "a", "--", "python3", "app.py"]).expect("run");
+        assert!(matches!(run.command, Some(Command::Run(_))));
+        assert!(matches!(
+            cli(&["init", "--start-redis"]).expect("init").command,
+            Some(Command::Init(_))
+        ));
+        assert!(matches!(
+            cli(&["uninstall", "--all"]).expect("uninstall").command,
+            Some(Command::Uninstall(_))
+        ));
+        assert!(
+            cli(&["--app-id", "x", "run", "--app-id", "a", "--", "true"]).is_err(),
+            "sidecar flags before a subcommand are refused, not ignored"
+        );
+        assert!(cli(&["init", "--stop", "--start-redis"]).is_err());
     }
 
     #[test]

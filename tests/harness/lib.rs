@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod config_stream;
+pub mod devtools;
 pub mod http;
 pub mod https;
 pub mod operator;
