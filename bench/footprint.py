@@ -4,6 +4,8 @@
 redis-server is installed, a Redis store on a private loopback server.
 
 Usage: bench/footprint.py [path/to/statecar] [runs]
+
+bench/bench.py imports `startup` and `rss_kib` from here.
 """
 import http.client
 import os
@@ -14,9 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/statecar"
-RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 
 
 def free_port():
@@ -34,39 +33,63 @@ def healthz(port):
         return None
 
 
-def rss_kib(pid):
+def proc_status_kib(pid, field):
+    """A `kB` field of /proc/PID/status, e.g. VmRSS (resident now) or VmHWM (peak)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
 
-def measure(args, runs):
+def rss_kib(pid):
+    return proc_status_kib(pid, "VmRSS")
+
+
+def startup(binary, args, runs, settle=1.0):
+    """Starts `binary` `runs` times; returns the median and best milliseconds from exec to
+    the first 204 on /v1.0/healthz, and the median resident memory (KiB) `settle` seconds
+    later (0 when settle is 0)."""
     starts, rss = [], []
     for _ in range(runs):
         port = free_port()
         t0 = time.perf_counter()
-        p = subprocess.Popen([BIN, "--app-id", "fp", "--dapr-http-port", str(port), *args],
+        p = subprocess.Popen([binary, "--app-id", "fp", "--dapr-http-port", str(port), *args],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while healthz(port) != 204:
-            if p.poll() is not None:
-                sys.exit(f"statecar exited with {p.returncode}")
-            time.sleep(0.0005)
-        starts.append((time.perf_counter() - t0) * 1000)
-        time.sleep(1.0)
-        rss.append(rss_kib(p.pid))
-        p.terminate()
-        p.wait()
-    return statistics.median(starts), min(starts), statistics.median(rss)
+        try:
+            while healthz(port) != 204:
+                if p.poll() is not None:
+                    raise RuntimeError(f"statecar exited with {p.returncode}")
+                time.sleep(0.0005)
+            starts.append((time.perf_counter() - t0) * 1000)
+            if settle > 0:
+                time.sleep(settle)
+                rss.append(rss_kib(p.pid))
+        finally:
+            p.terminate()
+            p.wait()
+    return statistics.median(starts), min(starts), statistics.median(rss) if rss else 0
+
+
+def redis_component(directory, port):
+    """Writes a state.redis component named statestore for 127.0.0.1:`port` into `directory`."""
+    with open(os.path.join(directory, "statestore.yaml"), "w") as f:
+        f.write("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n"
+                "  name: statestore\nspec:\n  type: state.redis\n  version: v1\n"
+                f"  metadata:\n  - name: redisHost\n    value: 127.0.0.1:{port}\n")
 
 
 def main():
-    size = os.path.getsize(BIN)
-    print(f"binary: {BIN}, {size / 1024 / 1024:.2f} MiB ({size} bytes)")
-    ms, best, rss = measure([], RUNS)
+    binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/statecar"
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    size = os.path.getsize(binary)
+    print(f"binary: {binary}, {size / 1024 / 1024:.2f} MiB ({size} bytes)")
+    try:
+        ms, best, rss = startup(binary, [], runs)
+    except RuntimeError as e:
+        sys.exit(str(e))
     print(f"in-memory store: exec -> 204 on /v1.0/healthz median {ms:.1f} ms (best {best:.1f} ms), "
-          f"idle RSS median {rss / 1024:.1f} MiB over {RUNS} runs")
+          f"idle RSS median {rss / 1024:.1f} MiB over {runs} runs")
     if shutil.which("redis-server"):
         port = free_port()
         with tempfile.TemporaryDirectory() as d:
@@ -75,13 +98,12 @@ def main():
                                  stdout=subprocess.DEVNULL)
             try:
                 time.sleep(0.3)
-                with open(os.path.join(d, "statestore.yaml"), "w") as f:
-                    f.write("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n"
-                            "  name: statestore\nspec:\n  type: state.redis\n  version: v1\n"
-                            f"  metadata:\n  - name: redisHost\n    value: 127.0.0.1:{port}\n")
-                ms, best, rss = measure(["--resources-path", d], RUNS)
+                redis_component(d, port)
+                ms, best, rss = startup(binary, ["--resources-path", d], runs)
                 print(f"redis store:     exec -> 204 on /v1.0/healthz median {ms:.1f} ms "
-                      f"(best {best:.1f} ms), idle RSS median {rss / 1024:.1f} MiB over {RUNS} runs")
+                      f"(best {best:.1f} ms), idle RSS median {rss / 1024:.1f} MiB over {runs} runs")
+            except RuntimeError as e:
+                sys.exit(str(e))
             finally:
                 r.terminate()
                 r.wait()

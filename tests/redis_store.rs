@@ -246,6 +246,69 @@ async fn reads_hashes_written_directly() {
     assert_eq!(r.json(), json!([{"key": "ext", "data": 2, "etag": "8"}]));
 }
 
+/// Keys in another layout: a plain string (as older clients wrote) reads without an etag and
+/// is turned into the hash layout by the next save, with or without an etag check; a list is
+/// an error, and a save replaces it. (Reads and unconditional saves use plain commands that
+/// Redis refuses on these keys; statecar then falls back to its scripts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_layouts() {
+    let redis = shared_redis();
+    let sc = Sidecar::start(StoreKind::Redis).await;
+    let plain = sc.redis_key("plain");
+    let _: () = redis.query(redis::cmd("SET").arg(&plain).arg(r#"{"old":1}"#));
+    let _: i64 = redis.query(redis::cmd("EXPIRE").arg(&plain).arg(600));
+    let r = sc.get("plain").await;
+    r.expect(200);
+    assert_eq!(r.text(), r#"{"old":1}"#);
+    assert!(r.header("etag").is_none(), "{}", r.describe());
+    assert!(
+        r.header("metadata.ttlexpiretime").is_some(),
+        "{}",
+        r.describe()
+    );
+    let r = sc.bulk(&json!({"keys": ["plain", "missing"]})).await;
+    r.expect(200);
+    assert_eq!(r.json()[0]["data"], json!({"old": 1}));
+    assert!(r.json()[0].get("etag").is_none());
+    assert_eq!(r.json()[1], json!({"key": "missing"}));
+    sc.save(&json!([{"key": "plain", "value": 2}]))
+        .await
+        .expect_no_content();
+    assert_eq!(
+        redis.hgetall(&plain),
+        fields(&[("data", "2"), ("version", "1")])
+    );
+    assert_eq!(redis.ttl(&plain), -1, "a save without TTL leaves no expiry");
+
+    let other = sc.redis_key("other");
+    let _: () = redis.query(redis::cmd("SET").arg(&other).arg("x"));
+    sc.save(&json!([{"key": "other", "value": 3, "options": {"concurrency": "first-write"}}]))
+        .await
+        .expect_legacy_error(409, "ERR_STATE_SAVE");
+
+    let list = sc.redis_key("list");
+    let _: i64 = redis.query(redis::cmd("RPUSH").arg(&list).arg("a"));
+    sc.get("list")
+        .await
+        .expect_legacy_error(500, "ERR_STATE_GET");
+    let r = sc.bulk(&json!({"keys": ["list", "plain"]})).await;
+    r.expect(200);
+    assert!(
+        r.json()[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("list"))
+    );
+    assert_eq!(r.json()[1]["data"], json!(2));
+    assert_eq!(r.json()[1]["etag"], json!("1"));
+    sc.save(&json!([{"key": "list", "value": 4}]))
+        .await
+        .expect_no_content();
+    assert_eq!(
+        redis.hgetall(&list),
+        fields(&[("data", "4"), ("version", "1")])
+    );
+}
+
 /// Spec §4.1/§5.1: `redisPassword`, `redisDB`, `envRef` and non-string YAML scalars.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_db_env_ref_and_scalar_values() {

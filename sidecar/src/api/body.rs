@@ -47,7 +47,13 @@ where
     F: FnMut(&str, &mut A) -> Result<bool, A::Error>,
 {
     while let Some(name) = map.next_key::<Cow<'de, str>>()? {
-        if !on_field(&name.to_ascii_lowercase(), &mut map)? {
+        // Field names are nearly always lower case already: only copy those that are not.
+        let lower = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            name
+        };
+        if !on_field(&lower, &mut map)? {
             map.next_value::<IgnoredAny>()?;
         }
     }

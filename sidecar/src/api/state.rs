@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -17,7 +17,7 @@ use super::AppState;
 use super::body::{self, StateItem};
 use super::errors::{ApiError, Endpoint};
 use crate::components::StoreEntry;
-use crate::store::{DeleteRequest, Item, Operation, SetRequest};
+use crate::store::{DeleteRequest, Item, Operation, SetRequest, StoreError};
 
 type Shared = State<Arc<AppState>>;
 type ApiResult = Result<Response, ApiError>;
@@ -34,8 +34,10 @@ struct Params {
 impl Params {
     fn new(query: Option<&str>, headers: &HeaderMap) -> Self {
         let mut p = Params::default();
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
+        let pairs: Vec<(String, String)> = match query {
+            Some(q) if !q.is_empty() => serde_urlencoded::from_str(q).unwrap_or_default(),
+            _ => Vec::new(),
+        };
         for (name, value) in pairs {
             if let Some(key) = name.strip_prefix("metadata.") {
                 p.metadata.entry(key.to_string()).or_insert(value);
@@ -218,21 +220,28 @@ pub async fn save(
 
 /// `/v1.0/state/{store}/{key}`: GET and DELETE address a key; POST and PUT on the keys `bulk`
 /// and `transaction` are the bulk and transaction endpoints.
+///
+/// Takes the request whole, so that a GET neither copies the headers nor reads a body.
 pub async fn by_key(
     state: Shared,
     Path((store, key)): Path<(String, String)>,
-    method: Method,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> ApiResult {
-    let params = Params::new(query.as_deref(), &headers);
-    match (method, key.as_str()) {
-        (Method::GET, _) => get(state, store, key, params).await,
-        (Method::DELETE, _) => delete(state, store, key, params, &headers).await,
-        (Method::POST | Method::PUT, "bulk") => bulk_get(state, store, body).await,
-        (Method::POST | Method::PUT, "transaction") => {
-            transaction(state, store, params, body).await
+    let params = Params::new(query.as_deref(), request.headers());
+    let body = |request: Request| Bytes::from_request(request, &());
+    // GET is the hot path; the other branches are boxed so that every request's future (which
+    // is as large as its largest branch) stays small.
+    match (request.method(), key.as_str()) {
+        (&Method::GET, _) => get(state, store, key, params).await,
+        (&Method::DELETE, _) => {
+            Box::pin(delete(state, store, key, params, request.headers())).await
+        }
+        (&Method::POST | &Method::PUT, "bulk") => {
+            Box::pin(bulk_get(state, store, body(request).await)).await
+        }
+        (&Method::POST | &Method::PUT, "transaction") => {
+            Box::pin(transaction(state, store, params, body(request).await)).await
         }
         _ => Err(ApiError::direct_invoke()),
     }
@@ -248,9 +257,15 @@ async fn get(State(state): Shared, store: String, key: String, params: Params) -
         .get(&entry.prefix.apply(&key))
         .await
         .map_err(|e| ApiError::store(Endpoint::Get, &store, &key, &e))?;
-    let Some(item) = item else {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    };
+    Ok(match item {
+        Some(item) => get_response(item),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// The answer to a GET of a key that exists: the stored bytes as they are, the etag and the
+/// expiry as headers.
+pub fn get_response(item: Item) -> Response {
     let mut response = (
         [(
             header::CONTENT_TYPE,
@@ -268,7 +283,7 @@ async fn get(State(state): Shared, store: String, key: String, params: Params) -
     {
         headers.insert(HeaderName::from_static("metadata.ttlexpiretime"), v);
     }
-    Ok(response)
+    response
 }
 
 #[derive(Serialize)]
@@ -313,17 +328,33 @@ async fn bulk_get(
     for key in &req.keys {
         check_key(&entry, key, key)?;
     }
-    // Both stores read natively in bulk (Redis pipelines), so `parallelism` needs no enforcing.
+    // Both stores read natively in bulk (Redis: MULTI/EXEC), so `parallelism` needs no enforcing.
     let prefixed: Vec<String> = req.keys.iter().map(|k| entry.prefix.apply(k)).collect();
     let results: Vec<Result<Option<Item>, _>> = if prefixed.is_empty() {
         Vec::new()
     } else {
         entry.store.bulk_get(&prefixed).await
     };
-    let items: Vec<BulkItem<'_>> = req
-        .keys
+    let json = bulk_body(&req.keys, &results).map_err(|e| {
+        ApiError::store(
+            Endpoint::BulkGet,
+            &store,
+            "",
+            &StoreError::Backend(e.to_string()),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+/// The bulk get answer: one object per requested key, in order, each value verbatim when it
+/// is JSON; with the trailing newline Dapr's encoder writes.
+pub fn bulk_body(
+    keys: &[String],
+    results: &[Result<Option<Item>, StoreError>],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let items: Vec<BulkItem<'_>> = keys
         .iter()
-        .zip(&results)
+        .zip(results)
         .map(|(key, result)| {
             let mut out = BulkItem {
                 key,
@@ -346,16 +377,9 @@ async fn bulk_get(
             out
         })
         .collect();
-    let mut json = serde_json::to_vec(&items).map_err(|e| {
-        ApiError::store(
-            Endpoint::BulkGet,
-            &store,
-            "",
-            &crate::store::StoreError::Backend(e.to_string()),
-        )
-    })?;
+    let mut json = serde_json::to_vec(&items)?;
     json.push(b'\n');
-    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+    Ok(json)
 }
 
 async fn delete(
