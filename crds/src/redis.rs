@@ -60,8 +60,10 @@ pub const KNOWN_NAMES: &[&str] = &[
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisMetadata {
-    /// `host:port` of the single Redis node.
+    /// `redisHost` as normalised `host:port` entries, comma-separated (for messages).
     pub host: String,
+    /// What `host` points at: one node, the seed nodes of a cluster, or Sentinels.
+    pub topology: Topology,
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: i64,
@@ -81,11 +83,47 @@ pub struct RedisMetadata {
     pub pool_size: usize,
 }
 
+/// The shape of the Redis deployment a component talks to.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (`redisType: node`, the default).
+    Node,
+    /// Redis Cluster (`redisType: cluster`): `hosts` are seed nodes; the slot map is read
+    /// from them.
+    Cluster { hosts: Vec<String> },
+    /// Redis Sentinel (`failover: true`): `hosts` are Sentinels, asked for the current
+    /// master of `master_name`.
+    Sentinel {
+        hosts: Vec<String>,
+        master_name: String,
+        username: Option<String>,
+        password: Option<String>,
+    },
+}
+
+// Sentinel credentials are left out, like the password below.
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topology::Node => f.write_str("Node"),
+            Topology::Cluster { hosts } => f.debug_struct("Cluster").field("hosts", hosts).finish(),
+            Topology::Sentinel {
+                hosts, master_name, ..
+            } => f
+                .debug_struct("Sentinel")
+                .field("hosts", hosts)
+                .field("master_name", master_name)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
 // The password is deliberately left out so that the settings can be logged.
 impl std::fmt::Debug for RedisMetadata {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisMetadata")
             .field("host", &self.host)
+            .field("topology", &self.topology)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
@@ -101,30 +139,52 @@ impl std::fmt::Debug for RedisMetadata {
 
 impl RedisMetadata {
     pub fn parse(md: &MetadataMap) -> Result<Self, MetadataError> {
-        let host = parse_host(md)?;
-
-        match md.get_nonempty("redisType").map(str::to_ascii_lowercase) {
-            None => {}
-            Some(t) if t == "node" => {}
-            Some(t) if t == "cluster" => {
-                return Err(MetadataError::new(
-                    "redisType",
-                    "Redis Cluster is not supported yet; use a single node",
-                ));
-            }
+        let hosts = parse_hosts(md)?;
+        let host = hosts.join(",");
+        let cluster = match md.get_nonempty("redisType").map(str::to_ascii_lowercase) {
+            None => false,
+            Some(t) if t == "node" => false,
+            Some(t) if t == "cluster" => true,
             Some(t) => {
                 return Err(MetadataError::new(
                     "redisType",
-                    format!("unknown value {t:?}: expected node"),
+                    format!("unknown value {t:?}: expected node or cluster"),
                 ));
             }
-        }
-        if md.get_bool("failover")? == Some(true) {
-            return Err(MetadataError::new(
-                "failover",
-                "Redis Sentinel is not supported yet; use a single node",
-            ));
-        }
+        };
+        let failover = md.get_bool("failover")? == Some(true);
+        let topology = match (cluster, failover) {
+            (true, true) => {
+                return Err(MetadataError::new(
+                    "failover",
+                    "Sentinel and redisType cluster cannot be combined: a cluster fails over by itself",
+                ));
+            }
+            (true, false) => Topology::Cluster {
+                hosts: hosts.clone(),
+            },
+            (false, true) => {
+                let Some(master_name) = md.get_nonempty("sentinelMasterName") else {
+                    return Err(MetadataError::new(
+                        "sentinelMasterName",
+                        "required with failover: true (the name the Sentinels monitor)",
+                    ));
+                };
+                Topology::Sentinel {
+                    hosts: hosts.clone(),
+                    master_name: master_name.trim().to_string(),
+                    username: md.get_nonempty("sentinelUsername").map(str::to_string),
+                    password: md.get_nonempty("sentinelPassword").map(str::to_string),
+                }
+            }
+            (false, false) if hosts.len() > 1 => {
+                return Err(MetadataError::new(
+                    "redisHost",
+                    "several hosts need redisType: cluster or failover: true (Sentinel)",
+                ));
+            }
+            (false, false) => Topology::Node,
+        };
         for field in ["clientCert", "clientKey"] {
             if md.get_nonempty(field).is_some() {
                 return Err(MetadataError::new(
@@ -200,6 +260,7 @@ impl RedisMetadata {
 
         Ok(Self {
             host,
+            topology,
             username: md.get_nonempty("redisUsername").map(str::to_string),
             password: md.get_nonempty("redisPassword").map(str::to_string),
             db,
@@ -217,43 +278,42 @@ impl RedisMetadata {
     }
 }
 
-fn parse_host(md: &MetadataMap) -> Result<String, MetadataError> {
+/// `redisHost` as normalised `host:port` entries (a comma-separated list for a cluster's
+/// seed nodes or for Sentinels; `redisPort` applies to entries without a port).
+fn parse_hosts(md: &MetadataMap) -> Result<Vec<String>, MetadataError> {
     let Some(raw) = md.get_nonempty("redisHost") else {
         return Err(MetadataError::new(
             "redisHost",
             "required: the host:port of the Redis server",
         ));
     };
-    let raw = raw.trim();
-    if raw.contains(',') {
-        return Err(MetadataError::new(
-            "redisHost",
-            "several hosts need Redis Cluster or Sentinel, which are not supported yet",
-        ));
-    }
     let port_field = match md.get_nonempty("redisPort") {
         None => None,
         Some(p) => Some(p.trim().parse::<u16>().map_err(|_| {
             MetadataError::new("redisPort", format!("invalid value {p:?}: expected a port"))
         })?),
     };
-    let (name, port) = split_host_port(raw)
-        .ok_or_else(|| MetadataError::new("redisHost", format!("invalid host {raw:?}")))?;
-    let port = match (port, port_field) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(MetadataError::new(
-                "redisPort",
-                format!("conflicts with the port {a} given in redisHost"),
-            ));
-        }
-        (Some(p), _) | (None, Some(p)) => p,
-        (None, None) => DEFAULT_PORT,
-    };
-    Ok(if name.contains(':') {
-        format!("[{name}]:{port}")
-    } else {
-        format!("{name}:{port}")
-    })
+    let mut hosts = Vec::new();
+    for entry in raw.split(',').map(str::trim) {
+        let (name, port) = split_host_port(entry)
+            .ok_or_else(|| MetadataError::new("redisHost", format!("invalid host {entry:?}")))?;
+        let port = match (port, port_field) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(MetadataError::new(
+                    "redisPort",
+                    format!("conflicts with the port {a} given in redisHost"),
+                ));
+            }
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => DEFAULT_PORT,
+        };
+        hosts.push(if name.contains(':') {
+            format!("[{name}]:{port}")
+        } else {
+            format!("{name}:{port}")
+        });
+    }
+    Ok(hosts)
 }
 
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
@@ -372,12 +432,60 @@ mod tests {
         );
         assert_eq!(field(&[("redisHost", "r"), ("poolSize", "0")]), "poolSize");
         assert_eq!(
-            field(&[("redisHost", "r"), ("redisType", "cluster")]),
+            field(&[("redisHost", "r"), ("redisType", "ring")]),
             "redisType"
         );
         assert_eq!(
             field(&[("redisHost", "r"), ("failover", "true")]),
+            "sentinelMasterName"
+        );
+        assert_eq!(
+            field(&[
+                ("redisHost", "r"),
+                ("failover", "true"),
+                ("redisType", "cluster")
+            ]),
             "failover"
         );
+        assert_eq!(field(&[("redisHost", "a:1,b:2")]), "redisHost");
+        assert_eq!(field(&[("redisHost", "a:1,,b:2")]), "redisHost");
+    }
+
+    #[test]
+    fn cluster_and_sentinel_topologies() {
+        let m = RedisMetadata::parse(&md(&[
+            ("redisHost", "a:7000, b:7001,c"),
+            ("redisType", "Cluster"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            m.topology,
+            Topology::Cluster {
+                hosts: vec!["a:7000".into(), "b:7001".into(), "c:6379".into()]
+            }
+        );
+        assert_eq!(m.host, "a:7000,b:7001,c:6379");
+        let m = RedisMetadata::parse(&md(&[
+            ("redisHost", "s1:26379,s2:26379"),
+            ("failover", "true"),
+            ("sentinelMasterName", "mymaster"),
+            ("sentinelPassword", "sekret"),
+        ]))
+        .unwrap();
+        let Topology::Sentinel {
+            hosts,
+            master_name,
+            password,
+            ..
+        } = &m.topology
+        else {
+            panic!("{:?}", m.topology)
+        };
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(master_name, "mymaster");
+        assert_eq!(password.as_deref(), Some("sekret"));
+        assert!(!format!("{m:?}").contains("sekret"));
+        let m = RedisMetadata::parse(&md(&[("redisHost", "r")])).unwrap();
+        assert_eq!(m.topology, Topology::Node);
     }
 }

@@ -58,6 +58,8 @@ impl Invalid {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+// Built once per component load, so the size of the Redis variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreSettings {
     Redis(RedisMetadata),
     Memory,

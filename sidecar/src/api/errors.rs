@@ -173,10 +173,12 @@ impl ApiError {
         )
     }
 
-    /// A store failure: 409 for a failed precondition, 500 otherwise.
+    /// A store failure: 409 for a failed precondition, 400 for a request the store cannot
+    /// run as asked, 500 otherwise.
     pub fn store(endpoint: Endpoint, store: &str, key: &str, err: &StoreError) -> Self {
         let status = match err {
             StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::Unsupported(_) => StatusCode::BAD_REQUEST,
             StoreError::Unavailable(_) | StoreError::Backend(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

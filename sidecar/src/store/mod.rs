@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 pub mod memory;
 pub mod redis;
+pub mod redis_conn;
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -78,6 +79,10 @@ pub enum StoreError {
     /// Any other backend failure.
     #[error("{0}")]
     Backend(String),
+    /// A request this store cannot run as asked, whatever its state: e.g. a transaction over
+    /// keys in different Redis Cluster slots.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Capabilities reported by `/v1.0/metadata`, named as Dapr names them.

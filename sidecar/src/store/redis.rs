@@ -1,18 +1,25 @@
-//! `state.redis`: one hash per state key (`data` + `version`), written by Lua scripts that check
-//! the etag and write in one atomic step. Scripts run with EVALSHA and are loaded on first use
-//! (and again after a server restart flushes the script cache).
+//! `state.redis`: one hash per state key (`data` + `version`).
+//!
+//! Reads, and writes that check nothing (last-write, no etag), are plain commands in one
+//! MULTI/EXEC: `HMGET key data version` + `PTTL key` per key read, `HSET` + `HINCRBY` +
+//! `PERSIST`/`EXPIRE` per write. That is as atomic as a script and costs Redis about a third of
+//! the CPU. Writes with a precondition (an etag, first-write), deletes and transactions are Lua
+//! scripts that check and write in one atomic step; they run with EVALSHA and are loaded on
+//! first use (and again after a server restart flushes the script cache). A key in another
+//! layout (a plain string written by an older client) fails the plain commands with
+//! WRONGTYPE, and the request then goes through the scripts, which handle every layout.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, RedisError, Script, Value};
+use redis::{RedisError, Script, Value};
 use statecar_crds::redis::RedisMetadata;
 
+use super::redis_conn::{Conn, Connections, slot};
 use super::{DeleteRequest, Item, Operation, SetRequest, Store, StoreError};
 
 static GET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/get.lua")));
@@ -35,8 +42,8 @@ pub enum RedisInitError {
 
 pub struct RedisStore {
     host: String,
-    conns: Vec<ConnectionManager>,
-    next: AtomicUsize,
+    /// One node's pool, a cluster connection, or the pool of Sentinel's current master.
+    conns: Connections,
     /// Upper bound for one call, so a dead server fails requests fast instead of hanging them.
     deadline: Duration,
     replicas: AtomicU64,
@@ -47,46 +54,20 @@ impl RedisStore {
     /// Connects (every pooled connection), checks the server answers, and reads its replica
     /// count for strong consistency.
     pub async fn connect(md: &RedisMetadata) -> Result<Self, RedisInitError> {
-        let scheme = if md.enable_tls { "rediss" } else { "redis" };
-        let fragment = if md.enable_tls && md.insecure_skip_tls_verify {
-            "/#insecure"
-        } else {
-            ""
-        };
-        let address = |source| RedisInitError::Address {
-            host: md.host.clone(),
-            source,
-        };
-        let mut settings = redis::RedisConnectionInfo::default().set_db(md.db);
-        if let Some(user) = &md.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &md.password {
-            settings = settings.set_password(password);
-        }
-        let info = format!("{scheme}://{}{fragment}", md.host)
-            .into_connection_info()
-            .map_err(address)?
-            .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(address)?;
-
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(md.max_retries)
-            .set_min_delay(md.min_retry_interval)
-            .set_max_delay(md.max_retry_interval)
-            .set_connection_timeout(Some(md.dial_timeout))
-            .set_response_timeout(md.read_timeout);
         let connect = |source| RedisInitError::Connect {
             host: md.host.clone(),
             source,
         };
-        let mut conns = Vec::with_capacity(md.pool_size);
-        for _ in 0..md.pool_size {
-            let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
-                .await
-                .map_err(connect)?;
-            conns.push(conn);
-        }
+        let conns = Connections::connect(md).await.map_err(|e| {
+            if e.kind() == redis::ErrorKind::InvalidClientConfig {
+                RedisInitError::Address {
+                    host: md.host.clone(),
+                    source: e,
+                }
+            } else {
+                connect(e)
+            }
+        })?;
         let deadline = md
             .read_timeout
             .max(md.write_timeout)
@@ -95,7 +76,6 @@ impl RedisStore {
         let store = Self {
             host: md.host.clone(),
             conns,
-            next: AtomicUsize::new(0),
             deadline,
             replicas: AtomicU64::new(0),
             replicas_checked: Mutex::new(Instant::now()),
@@ -114,9 +94,8 @@ impl RedisStore {
         &self.host
     }
 
-    fn conn(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+    fn conn(&self) -> Conn {
+        self.conns.conn()
     }
 
     async fn call<T>(
@@ -124,15 +103,24 @@ impl RedisStore {
         f: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.deadline, f).await {
-            Ok(result) => result.map_err(|e| map_error(&self.host, e)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "redis at {} did not answer within {:?}",
-                self.host, self.deadline
-            ))),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.conns.after_error(&e).await;
+                Err(map_error(&self.host, e))
+            }
+            Err(_) => {
+                self.conns.after_timeout().await;
+                Err(self.timed_out())
+            }
         }
     }
 
     async fn read_replicas(&self) -> Result<u64, RedisError> {
+        if self.conns.is_cluster() {
+            // WAIT counts the replicas of the connection it runs on, and a cluster connection
+            // routes a keyless command to any master: strong writes do not WAIT on a cluster.
+            return Ok(0);
+        }
         let mut conn = self.conn();
         let info: String = redis::cmd("INFO")
             .arg("replication")
@@ -164,18 +152,150 @@ impl RedisStore {
             return Ok(());
         }
         let mut conn = self.conn();
-        // The number of acknowledgements is not checked: a slow replica is not a failed write.
-        self.call(
-            redis::cmd("WAIT")
-                .arg(replicas)
-                .arg(WAIT_TIMEOUT_MS)
-                .query_async::<i64>(&mut conn),
-        )
-        .await?;
-        Ok(())
+        let acked = self
+            .call(
+                redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(WAIT_TIMEOUT_MS)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
+        if acked > 0 {
+            // At least one replica has the write, so a failover to it keeps it. Waiting for
+            // all of them would make one slow replica fail every strong write.
+            return Ok(());
+        }
+        // No acknowledgement: either the replicas are gone (a failover left this master
+        // alone), or none kept up. Daprd ignores WAIT's answer; here a strong write that no
+        // replica holds is reported, as it would not survive losing this master.
+        let now = self.call(self.read_replicas()).await?;
+        self.replicas.store(now, Ordering::Relaxed);
+        if let Ok(mut t) = self.replicas_checked.lock() {
+            *t = Instant::now();
+        }
+        if now == 0 {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "redis at {}: the write is done, but none of its {now} replicas acknowledged it \
+             within {WAIT_TIMEOUT_MS} ms (consistency strong)",
+            self.host
+        )))
+    }
+
+    /// Reads keys in the hash layout in one MULTI/EXEC, one result per key. `Ok(None)` when
+    /// Redis refused the plain commands (a key in another layout: WRONGTYPE); the caller then
+    /// reads through get.lua.
+    async fn read_hashes(
+        &self,
+        keys: &[&str],
+    ) -> Result<Option<Vec<Result<Option<Item>, StoreError>>>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in keys {
+            pipe.cmd("HMGET")
+                .arg(*key)
+                .arg("data")
+                .arg("version")
+                .cmd("PTTL")
+                .arg(*key);
+        }
+        let mut conn = self.conn();
+        let replies: Vec<Value> = match self.plain(pipe.query_async(&mut conn)).await? {
+            Some(replies) => replies,
+            None => return Ok(None),
+        };
+        if replies.len() != 2 * keys.len() {
+            return Err(StoreError::Backend(format!(
+                "redis at {}: {} replies to a read of {} keys",
+                self.host,
+                replies.len(),
+                keys.len()
+            )));
+        }
+        let mut replies = replies.into_iter();
+        let items = keys
+            .iter()
+            .map(|key| {
+                let fields = replies.next().unwrap_or(Value::Nil);
+                let pttl = replies.next().unwrap_or(Value::Nil);
+                parse_hash(key, fields, pttl)
+            })
+            .collect();
+        Ok(Some(items))
+    }
+
+    /// Runs plain commands: `Ok(None)` when Redis answered with an error reply (the caller
+    /// falls back to a script), the store's error when Redis could not be reached.
+    async fn plain<T>(
+        &self,
+        f: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<Option<T>, StoreError> {
+        match tokio::time::timeout(self.deadline, f).await {
+            Ok(Ok(v)) => Ok(Some(v)),
+            Ok(Err(e)) if unreachable(&e) || e.code() == Some("READONLY") => {
+                self.conns.after_error(&e).await;
+                Err(map_error(&self.host, e))
+            }
+            Ok(Err(_)) => Ok(None),
+            Err(_) => {
+                self.conns.after_timeout().await;
+                Err(self.timed_out())
+            }
+        }
+    }
+
+    fn timed_out(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "redis at {} did not answer within {:?}",
+            self.host, self.deadline
+        ))
+    }
+
+    async fn get_scripted(&self, key: &str) -> Result<Option<Item>, StoreError> {
+        let mut conn = self.conn();
+        let reply: Value = self.call(GET.key(key).invoke_async(&mut conn)).await?;
+        parse_item(key, reply)
+    }
+
+    /// A write without a precondition as plain commands in one MULTI/EXEC. `Ok(false)` when
+    /// Redis refused them (the key has another layout); the caller then writes with set.lua.
+    async fn set_plain(&self, req: &SetRequest) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&req.key)
+            .arg("data")
+            .arg(&req.value[..])
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&req.key)
+            .arg("version")
+            .arg(1)
+            .ignore();
+        match req.ttl {
+            Some(ttl) => pipe.cmd("EXPIRE").arg(&req.key).arg(ttl).ignore(),
+            None => pipe.cmd("PERSIST").arg(&req.key).ignore(),
+        };
+        let mut conn = self.conn();
+        Ok(self
+            .plain(pipe.query_async::<()>(&mut conn))
+            .await?
+            .is_some())
     }
 
     async fn set_one(&self, req: &SetRequest) -> Result<(), StoreError> {
+        let unconditional = req.etag.is_none() && !req.first_write;
+        if !(unconditional && self.set_plain(req).await?) {
+            self.set_scripted(req).await?;
+        }
+        if req.strong {
+            self.wait_for_replicas().await?;
+        }
+        Ok(())
+    }
+
+    async fn set_scripted(&self, req: &SetRequest) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let mut call = SET.prepare_invoke();
         call.key(&req.key)
@@ -187,12 +307,12 @@ impl RedisStore {
         if version == 0 {
             return Err(conflict(&req.key, req.etag, req.first_write));
         }
-        if req.strong {
-            self.wait_for_replicas().await?;
-        }
         Ok(())
     }
 }
+
+/// Keys per MULTI/EXEC in a bulk read, so that one huge request does not hold Redis for long.
+const READ_CHUNK: usize = 128;
 
 fn conflict(key: &str, etag: Option<u64>, first_write: bool) -> StoreError {
     StoreError::Conflict(match etag {
@@ -202,8 +322,32 @@ fn conflict(key: &str, etag: Option<u64>, first_write: bool) -> StoreError {
     })
 }
 
+/// The server could not be reached (as opposed to an error reply from it).
+fn unreachable(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// Redis Cluster runs a script on one node, so a transaction's keys must share a hash slot.
+fn one_slot(ops: &[Operation]) -> Result<(), StoreError> {
+    let Some(first) = ops.first() else {
+        return Ok(());
+    };
+    let want = slot(first.key().as_bytes());
+    match ops.iter().find(|op| slot(op.key().as_bytes()) != want) {
+        None => Ok(()),
+        Some(other) => Err(StoreError::Unsupported(format!(
+            "on Redis Cluster a transaction's keys must all be in one hash slot, but {} (slot \
+             {want}) and {} (slot {}) are not; give the keys a common hash tag, e.g. \
+             {{order-7}}.head and {{order-7}}.lines",
+            first.key(),
+            other.key(),
+            slot(other.key().as_bytes())
+        ))),
+    }
+}
+
 fn map_error(host: &str, e: RedisError) -> StoreError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+    if unreachable(&e) {
         StoreError::Unavailable(format!("redis at {host}: {e}"))
     } else {
         StoreError::Backend(format!("redis at {host}: {e}"))
@@ -245,18 +389,51 @@ fn parse_item(key: &str, reply: Value) -> Result<Option<Item>, StoreError> {
     }))
 }
 
+/// Decodes the replies to `HMGET key data version` and `PTTL key`.
+fn parse_hash(key: &str, fields: Value, pttl: Value) -> Result<Option<Item>, StoreError> {
+    if pttl == Value::Int(-2) {
+        return Ok(None);
+    }
+    let Value::Array(mut fields) = fields else {
+        return parse_item(key, Value::Array(Vec::new()));
+    };
+    fields.push(pttl);
+    parse_item(key, Value::Array(fields))
+}
+
 #[async_trait]
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Item>, StoreError> {
-        let mut conn = self.conn();
-        let reply: Value = self.call(GET.key(key).invoke_async(&mut conn)).await?;
-        parse_item(key, reply)
+        match self.read_hashes(&[key]).await? {
+            Some(mut items) => items.pop().unwrap_or(Ok(None)),
+            None => self.get_scripted(key).await,
+        }
     }
 
     async fn bulk_get(&self, keys: &[String]) -> Vec<Result<Option<Item>, StoreError>> {
-        // The multiplexed connection pipelines these calls on the wire.
-        let calls = keys.iter().map(|k| self.get(k));
-        futures_util::future::join_all(calls).await
+        // The chunks go out together: the multiplexed connection pipelines them on the wire.
+        // A cluster serves each key from its slot's master, so keys are read one by one there.
+        let size = if self.conns.is_cluster() {
+            1
+        } else {
+            READ_CHUNK
+        };
+        let chunks = keys.chunks(size).map(|chunk| async move {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            match self.read_hashes(&refs).await {
+                Ok(Some(items)) => items,
+                Ok(None) => {
+                    let calls = chunk.iter().map(|k| self.get_scripted(k));
+                    futures_util::future::join_all(calls).await
+                }
+                Err(e) => chunk.iter().map(|_| Err(e.clone())).collect(),
+            }
+        });
+        futures_util::future::join_all(chunks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn set(&self, req: SetRequest) -> Result<(), StoreError> {
@@ -285,6 +462,9 @@ impl Store for RedisStore {
     async fn transact(&self, ops: Vec<Operation>) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
+        }
+        if self.conns.is_cluster() {
+            one_slot(&ops)?;
         }
         let mut call = TRANSACT.prepare_invoke();
         for op in &ops {
@@ -374,5 +554,39 @@ mod tests {
             ]),
         );
         assert!(matches!(corrupt, Err(StoreError::Backend(_))));
+    }
+
+    #[test]
+    fn hash_replies() {
+        let fields = |data: Option<&[u8]>, version: Option<&[u8]>| {
+            let v = |x: Option<&[u8]>| x.map_or(Value::Nil, |b| Value::BulkString(b.to_vec()));
+            Value::Array(vec![v(data), v(version)])
+        };
+        // PTTL -2: the key does not exist.
+        assert_eq!(
+            parse_hash("k", fields(None, None), Value::Int(-2)).unwrap(),
+            None
+        );
+        let item = parse_hash("k", fields(Some(b"1"), Some(b"4")), Value::Int(-1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (&item.data[..], item.etag.as_deref()),
+            (&b"1"[..], Some("4"))
+        );
+        assert_eq!(item.expires_at, None);
+        let expiring = parse_hash("k", fields(Some(b"1"), Some(b"4")), Value::Int(9000))
+            .unwrap()
+            .unwrap();
+        assert!(expiring.expires_at.is_some());
+        // A hash without `data` is not state.
+        assert!(matches!(
+            parse_hash("k", fields(None, Some(b"4")), Value::Int(-1)),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            parse_hash("k", Value::Nil, Value::Int(-1)),
+            Err(StoreError::Backend(_))
+        ));
     }
 }
