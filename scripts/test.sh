@@ -20,6 +20,13 @@ fi
 # The package may start a system instance; the tests use their own servers on free ports.
 redis-server --version
 
+# tests/failures.rs cuts Redis off with an iptables DROP rule on its loopback port.
+if ! command -v iptables >/dev/null 2>&1; then
+  step "installing iptables (the network-cut test)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq iptables >/dev/null
+fi
+
 if ! command -v openssl >/dev/null 2>&1; then
   step "installing openssl (certificates for the Redis TLS test)"
   as_root apt-get update -qq
@@ -81,6 +88,15 @@ fi
 
 step "cargo test"
 cargo test --workspace --locked "$@"
+
+# The benchmark harness end to end (a few seconds per workload; the figures are not checked):
+# bench/run.sh without --smoke gives the published table.
+step "benchmark harness smoke run (bench/run.sh --smoke)"
+bench/run.sh --smoke
+
+# The fuzz targets (request path, bodies, component files), 10 s each on top of the corpus.
+step "fuzzing smoke run (fuzz/smoke.sh)"
+fuzz/smoke.sh
 
 # The user's journey on a real single-node cluster (kubelet, containerd, bridge network): helm
 # install, a Component, an annotated Deployment, state from inside its pods, a live config

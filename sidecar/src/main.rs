@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use axum::ServiceExt;
-use axum::extract::Request;
 use clap::{Parser, ValueEnum};
 use statecar::api::{self, ApiConfig, AppState, ListenAddresses};
 use statecar::components::loader::{ComponentConfig, LoadContext, Loaded};
@@ -17,7 +15,6 @@ use statecar::delivery::{self, Endpoint, StreamConfig};
 use statecar::devtools::{self, Layout};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::Layer;
 
 /// Dapr's state management API (`/v1.0/state`) as a small, fast sidecar.
 ///
@@ -136,6 +133,18 @@ struct Cli {
     /// Older form of --max-body-size, in MB.
     #[arg(long, value_name = "MB", hide = true)]
     dapr_http_max_request_size: Option<usize>,
+
+    /// How long a connection may keep the API waiting for a request head (request line and
+    /// headers), e.g. 10s or 500ms: a new connection that sends nothing, a head trickled in
+    /// byte by byte, and a keep-alive connection idle between requests are closed after it.
+    /// daprd's ReadHeaderTimeout is 10s.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    http_header_timeout: Duration,
 
     /// The statecar operator: HOST:PORT (plain HTTP) or an http:// or https:// URL.
     /// Required in Kubernetes mode.
@@ -520,7 +529,14 @@ async fn run(cli: Cli) -> Result<()> {
     let api_router = api::router(state.clone(), &config);
     let mut servers: Vec<_> = api_listeners
         .into_iter()
-        .map(|l| tokio::spawn(serve(l, api_router.clone(), stop_rx.clone())))
+        .map(|l| {
+            tokio::spawn(serve(
+                l,
+                api_router.clone(),
+                stop_rx.clone(),
+                cli.http_header_timeout,
+            ))
+        })
         .collect();
     if let Some(port) = cli.dapr_public_port {
         if port == cli.dapr_http_port {
@@ -538,6 +554,7 @@ async fn run(cli: Cli) -> Result<()> {
                 listener,
                 public.clone(),
                 stop_rx.clone(),
+                cli.http_header_timeout,
             )));
         }
     }
@@ -594,16 +611,11 @@ async fn run(cli: Cli) -> Result<()> {
 async fn serve(
     listener: TcpListener,
     router: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    header_timeout: Duration,
 ) -> Result<()> {
-    // Paths are normalised before routing, so the layer wraps the whole router.
-    let app = axum::middleware::from_fn(api::normalize_path).layer(router);
-    axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .context("HTTP server")
+    api::server::serve(listener, router, stop, header_timeout).await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

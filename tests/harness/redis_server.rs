@@ -18,6 +18,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// Let the watchdog delete `dir` when the server dies (only for servers never restarted).
     cleanup_on_exit: bool,
+    /// Appended to the command line (later options win, e.g. `--appendonly yes`).
+    extra_args: Vec<String>,
     proc: Option<Guarded>,
     starts: u32,
 }
@@ -26,6 +28,13 @@ impl RedisServer {
     /// Starts a standalone server on a free port.
     pub fn start() -> RedisServer {
         Self::start_inner(None, None, false)
+    }
+
+    /// Starts a standalone server with extra command-line options, which override the
+    /// defaults: `&["--appendonly", "yes", "--appendfsync", "always"]` makes every
+    /// acknowledged write survive a SIGKILL and `restart`.
+    pub fn start_with_args(extra: &[&str]) -> RedisServer {
+        Self::start_full(None, None, false, extra)
     }
 
     /// Starts a standalone server that requires `AUTH <password>` (`--requirepass`).
@@ -63,6 +72,15 @@ impl RedisServer {
         password: Option<String>,
         cleanup_on_exit: bool,
     ) -> RedisServer {
+        Self::start_full(replica_of, password, cleanup_on_exit, &[])
+    }
+
+    fn start_full(
+        replica_of: Option<u16>,
+        password: Option<String>,
+        cleanup_on_exit: bool,
+        extra: &[&str],
+    ) -> RedisServer {
         let mut last_err = String::new();
         for _ in 0..5 {
             let mut server = RedisServer {
@@ -74,6 +92,7 @@ impl RedisServer {
                 replica_of,
                 password: password.clone(),
                 cleanup_on_exit,
+                extra_args: extra.iter().map(|a| a.to_string()).collect(),
                 proc: None,
                 starts: 0,
             };
@@ -115,6 +134,7 @@ impl RedisServer {
                 "disabled".into(),
             ]);
         }
+        args.extend(self.extra_args.iter().cloned());
         self.starts += 1;
         let log_name = format!("redis-{}", self.starts);
         let mut proc = Guarded::spawn(Spawn {

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 pub mod health;
+pub mod server;
 pub mod state;
 
 pub use errors::ApiError;
@@ -77,7 +78,8 @@ pub fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
     // The fallbacks come before the token layer so that unknown routes need the token too.
     let routes = routes
         .fallback(not_found)
-        .method_not_allowed_fallback(not_found);
+        .method_not_allowed_fallback(not_found)
+        .layer(middleware::from_fn(utf8_path));
     let routes = match &config.api_token {
         Some(token) => routes.layer(middleware::from_fn_with_state(
             Arc::new(auth::Token::new(token)),
@@ -103,6 +105,44 @@ pub fn public_router(state: Arc<AppState>) -> Router {
 /// Unknown routes: Dapr hands them to service invocation, which answers 404.
 async fn not_found() -> Response {
     ApiError::direct_invoke().into_response()
+}
+
+/// Store names and keys are percent-decoded from the path into strings. A path that does not
+/// decode to UTF-8 (`%FF`) is answered as a malformed request, in JSON like every other error
+/// (axum's own rejection is plain text).
+async fn utf8_path(req: Request, next: Next) -> Response {
+    if !decodes_to_utf8(req.uri().path()) {
+        return ApiError::malformed("invalid URL: the path is not UTF-8 once percent-decoded")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Whether percent-decoding `path` (as axum decodes path parameters: `%XX` with two hex
+/// digits is a byte, anything else is literal) yields UTF-8.
+fn decodes_to_utf8(path: &str) -> bool {
+    if !path.contains('%') {
+        return true;
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
 }
 
 /// Collapses duplicate slashes and drops one trailing slash, as Dapr does before routing.
@@ -187,7 +227,7 @@ pub async fn bind_all(
     let mut unavailable = Vec::new();
     for ip in addresses {
         let addr = SocketAddr::new(*ip, port);
-        match TcpListener::bind(addr).await {
+        match listen(addr) {
             Ok(l) => listeners.push(l),
             Err(e) if address_unavailable(&e) => {
                 tracing::warn!("not listening on {addr}: {e}");
@@ -211,6 +251,22 @@ pub async fn bind_all(
     Ok(listeners)
 }
 
+/// Pending connections the kernel may queue before the server accepts them (capped by
+/// `net.core.somaxconn`, 4096 on current Linux, which Go servers such as daprd use too). Rust's
+/// default of 128 drops the SYNs of a burst of new connections, which then wait a second for
+/// the retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn address_unavailable(e: &std::io::Error) -> bool {
     /// EAFNOSUPPORT: the kernel has no IPv6 at all.
     #[cfg(target_os = "linux")]
@@ -224,6 +280,15 @@ fn address_unavailable(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoded_paths() {
+        assert!(decodes_to_utf8("/v1.0/state/s/plain"));
+        assert!(decodes_to_utf8("/v1.0/state/s/a%2Fb%20c%E2%82%AC"));
+        assert!(decodes_to_utf8("/v1.0/state/s/%ZZ%2"));
+        assert!(!decodes_to_utf8("/v1.0/state/s/%FF"));
+        assert!(!decodes_to_utf8("/v1.0/state/s/%E2%82"));
+    }
 
     #[test]
     fn listen_addresses() {

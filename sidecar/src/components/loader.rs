@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use statecar_crds::component::value_text;
 use statecar_crds::validate::{validate, validate_name};
 use statecar_crds::{Component, MetadataMap};
+
+use super::bounded_yaml::{self, YamlError};
 
 pub use statecar_crds::validate::DEFAULT_INIT_TIMEOUT;
 /// What kind of store a component asks for, with its validated settings.
@@ -60,6 +61,10 @@ pub enum LoadError {
         doc: usize,
         message: String,
     },
+    /// The file cannot be used as it is: over a limit of [`bounded_yaml`], or not UTF-8
+    /// (`message` says which).
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
     #[error("{path}: component {name:?}: {field}: {message}")]
     Invalid {
         path: PathBuf,
@@ -115,10 +120,7 @@ pub fn load_dirs(dirs: &[PathBuf], ctx: &LoadContext<'_>) -> Result<Loaded, Load
         }
         files.sort();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text = bounded_yaml::read_file(&path).map_err(|e| yaml_error(&path, e))?;
             load_text(&path, &text, ctx, &mut loaded)?;
         }
     }
@@ -142,12 +144,8 @@ pub fn load_text(
     ctx: &LoadContext<'_>,
     loaded: &mut Loaded,
 ) -> Result<(), LoadError> {
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| LoadError::Yaml {
-            path: path.to_path_buf(),
-            doc: i + 1,
-            message: e.to_string(),
-        })?;
+    let docs = bounded_yaml::parse_documents(text).map_err(|e| yaml_error(path, e))?;
+    for value in docs {
         let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or_default();
         if field("apiVersion") != statecar_crds::component::API_VERSION
             || field("kind") != statecar_crds::component::KIND
@@ -170,6 +168,20 @@ pub fn load_text(
         load_component(&component, &path.display().to_string(), ctx, loaded)?;
     }
     Ok(())
+}
+
+fn yaml_error(path: &Path, e: YamlError) -> LoadError {
+    let path = path.to_path_buf();
+    match e {
+        YamlError::Limit { doc: 0, message } | YamlError::Io(message) => {
+            LoadError::File { path, message }
+        }
+        YamlError::Limit { doc, message } => LoadError::File {
+            path,
+            message: format!("document {doc}: {message}"),
+        },
+        YamlError::Syntax { doc, message } => LoadError::Yaml { path, doc, message },
+    }
 }
 
 /// Validates one component manifest from `source` (a file path, or e.g. `operator`) into

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::store::Store;
 
+pub mod bounded_yaml;
 pub mod init;
 pub mod loader;
 
