@@ -760,12 +760,20 @@ fn pause_reaps_orphans_as_pid_1() {
     };
     // A process that leaves an orphan in pause's namespace: the orphan becomes pause's child,
     // and must be reaped when it exits.
+    // The orphan sleeps long enough to be seen even on a busy machine.
     run(Command::new("nsenter")
         .args(["--target", &pause.to_string(), "--pid", "--", "sh", "-c"])
-        .arg("sleep 1 &"));
-    let orphans = children(pause);
+        .arg("sleep 3 &"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let orphans = loop {
+        let now = children(pause);
+        if !now.is_empty() || Instant::now() >= deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(orphans.len(), 1, "the orphan is pause's child: {orphans:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while !children(pause).is_empty() {
         assert!(
             Instant::now() < deadline,
