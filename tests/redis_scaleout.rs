@@ -14,8 +14,8 @@ fn prefixed(sc: &Sidecar, key: &str) -> String {
     format!("{}||{key}", sc.app_id())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_serves_every_operation_and_spreads_keys_over_the_masters() {
+/// A 3-master cluster and a sidecar whose store is on it.
+async fn cluster_with_sidecar() -> (RedisCluster, Sidecar) {
     let cluster = RedisCluster::start(3);
     let hosts = cluster.hosts();
     let sc = Sidecar::builder()
@@ -25,6 +25,12 @@ async fn cluster_serves_every_operation_and_spreads_keys_over_the_masters() {
         )
         .start()
         .await;
+    (cluster, sc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_serves_every_operation_and_spreads_keys_over_the_masters() {
+    let (cluster, sc) = cluster_with_sidecar().await;
 
     let items: Vec<_> = (0..60)
         .map(|i| json!({"key": format!("k{i}"), "value": {"n": i}}))
@@ -68,15 +74,7 @@ async fn cluster_serves_every_operation_and_spreads_keys_over_the_masters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_transactions_need_one_slot_and_say_so() {
-    let cluster = RedisCluster::start(3);
-    let hosts = cluster.hosts();
-    let sc = Sidecar::builder()
-        .store_meta(
-            StoreKind::Redis,
-            &[("redisHost", &hosts), ("redisType", "cluster")],
-        )
-        .start()
-        .await;
+    let (cluster, sc) = cluster_with_sidecar().await;
     // Same hash tag: one slot, so the transaction runs atomically on one master.
     sc.txn(&json!({"operations": [
         {"operation": "upsert", "request": {"key": "{order-7}.head", "value": "h"}},

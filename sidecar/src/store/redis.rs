@@ -104,14 +104,8 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.deadline, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.conns.after_error(&e).await;
-                Err(map_error(&self.host, e))
-            }
-            Err(_) => {
-                self.conns.after_timeout().await;
-                Err(self.timed_out())
-            }
+            Ok(Err(e)) => Err(self.failed(e).await),
+            Err(_) => Err(self.expired().await),
         }
     }
 
@@ -234,15 +228,24 @@ impl RedisStore {
         match tokio::time::timeout(self.deadline, f).await {
             Ok(Ok(v)) => Ok(Some(v)),
             Ok(Err(e)) if unreachable(&e) || e.code() == Some("READONLY") => {
-                self.conns.after_error(&e).await;
-                Err(map_error(&self.host, e))
+                Err(self.failed(e).await)
             }
             Ok(Err(_)) => Ok(None),
-            Err(_) => {
-                self.conns.after_timeout().await;
-                Err(self.timed_out())
-            }
+            Err(_) => Err(self.expired().await),
         }
+    }
+
+    /// A call that failed: lets the connections react (Sentinel may have a new master), then
+    /// maps the error.
+    async fn failed(&self, e: RedisError) -> StoreError {
+        self.conns.after_error(&e).await;
+        map_error(&self.host, e)
+    }
+
+    /// A call that hit the deadline.
+    async fn expired(&self) -> StoreError {
+        self.conns.after_timeout().await;
+        self.timed_out()
     }
 
     fn timed_out(&self) -> StoreError {
