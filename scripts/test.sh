@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every statecar check on a fresh machine: installs what the tests need (redis-server,
-# openssl, the Dapr JS SDK, a local Kubernetes), builds the binaries, then runs rustfmt,
+# openssl, the Dapr JS and Python SDKs, a local Kubernetes), builds the binaries, then runs rustfmt,
 # clippy, all tests and the end-to-end journey on a single-node cluster.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -46,6 +46,12 @@ if ! python3 -c 'import requests' >/dev/null 2>&1; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-requests >/dev/null
   }
+fi
+
+# tests/sdk_python.rs runs the official Dapr Python SDK (gRPC) against the sidecar.
+if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("dapr") != "1.19.0")' >/dev/null 2>&1; then
+  step "installing the Dapr Python SDK (tests/sdk-python)"
+  python3 -m pip install -q --disable-pip-version-check 'dapr==1.19.0'
 fi
 
 step "installing the Dapr JS SDK (tests/sdk-js)"

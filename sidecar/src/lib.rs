@@ -4,4 +4,7 @@ pub mod api;
 pub mod components;
 pub mod delivery;
 pub mod devtools;
+pub mod grpc;
+
+pub mod state;
 pub mod store;

@@ -13,6 +13,7 @@ use statecar::components::loader::{ComponentConfig, LoadContext, Loaded};
 use statecar::components::{Registry, Stores, init_all, load_dirs};
 use statecar::delivery::{self, Endpoint, StreamConfig};
 use statecar::devtools::{self, Layout};
+use statecar::grpc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -66,6 +67,12 @@ struct Cli {
     /// Port of the HTTP API.
     #[arg(long, default_value_t = 3500, env = "DAPR_HTTP_PORT")]
     dapr_http_port: u16,
+
+    /// Port of the gRPC API (`dapr.proto.runtime.v1.Dapr`, used by the Dapr SDKs), on the same
+    /// addresses as the HTTP API. Default: 50001 in Kubernetes mode; in standalone mode gRPC
+    /// is off unless this is given.
+    #[arg(long, value_name = "PORT", env = "DAPR_GRPC_PORT")]
+    dapr_grpc_port: Option<u16>,
 
     /// The one address the HTTP API listens on. Default: 127.0.0.1. To listen on several, use
     /// --dapr-listen-addresses instead (giving both is an error).
@@ -236,6 +243,8 @@ enum Mode {
 
 /// The default of --dapr-graceful-shutdown-seconds.
 const DEFAULT_GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(5);
+/// Dapr's gRPC port, served by default in Kubernetes mode (the injector advertises it).
+const DEFAULT_GRPC_PORT: u16 = 50001;
 
 /// Go duration syntax (`10s`, `1m30s`, `500ms`); a plain number is seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -248,6 +257,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
+    /// The gRPC API's port, if it is served.
+    fn grpc_port(&self) -> Option<u16> {
+        match self.mode {
+            Mode::Kubernetes => Some(self.dapr_grpc_port.unwrap_or(DEFAULT_GRPC_PORT)),
+            Mode::Standalone => self.dapr_grpc_port,
+        }
+    }
+
     /// Where the API listens.
     fn api_addresses(&self) -> Vec<IpAddr> {
         match (&self.dapr_listen_addresses, self.dapr_http_address) {
@@ -527,6 +544,17 @@ async fn run(cli: Cli) -> Result<()> {
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let api_router = api::router(state.clone(), &config);
+    let grpc_listeners = match cli.grpc_port() {
+        Some(port) if port == cli.dapr_http_port || Some(port) == cli.dapr_public_port => {
+            bail!("--dapr-grpc-port {port} is already taken by another statecar port")
+        }
+        Some(port) => api::bind_all(&cli.api_addresses(), port, "--dapr-grpc-port").await?,
+        None => Vec::new(),
+    };
+    let grpc_addrs: Vec<SocketAddr> = grpc_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let mut servers: Vec<_> = api_listeners
         .into_iter()
         .map(|l| {
@@ -558,11 +586,28 @@ async fn run(cli: Cli) -> Result<()> {
             )));
         }
     }
+    if !grpc_listeners.is_empty() {
+        let grpc_api = Arc::new(grpc::GrpcApi::new(
+            state.clone(),
+            config.api_token.as_deref(),
+            max_body_size,
+        ));
+        for listener in grpc_listeners {
+            let service = grpc::DaprService::new(grpc_api.clone());
+            let stop = stop_rx.clone();
+            servers.push(tokio::spawn(async move {
+                grpc::serve(listener, service, stop)
+                    .await
+                    .context("serving the gRPC API")
+            }));
+        }
+    }
     let delivery = match kubernetes {
         Some(settings) => {
             tracing::info!(
                 app_id = %cli.app_id,
                 addresses = ?api_addrs,
+                grpc = ?grpc_addrs,
                 auth = config.api_token.is_some(),
                 "statecar is serving; not ready until the operator's components are applied"
             );
@@ -572,6 +617,7 @@ async fn run(cli: Cli) -> Result<()> {
             tracing::info!(
                 app_id = %cli.app_id,
                 addresses = ?api_addrs,
+                grpc = ?grpc_addrs,
                 stores = store_count.unwrap_or_default(),
                 auth = config.api_token.is_some(),
                 startup_ms = started.elapsed().as_millis() as u64,

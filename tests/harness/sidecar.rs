@@ -109,6 +109,7 @@ pub struct SidecarBuilder {
     resources_path: bool,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    grpc: bool,
 }
 
 /// How a sidecar that was expected not to start ended.
@@ -165,6 +166,12 @@ impl SidecarBuilder {
         self
     }
 
+    /// Serves the gRPC API too, on a free port (see [`Sidecar::grpc_port`]).
+    pub fn grpc(mut self) -> Self {
+        self.grpc = true;
+        self
+    }
+
     fn launch(&self) -> Sidecar {
         let dir = tempfile::Builder::new()
             .prefix("statecar-sidecar-")
@@ -189,6 +196,10 @@ impl SidecarBuilder {
             "--dapr-http-address".to_string(),
             "127.0.0.1".to_string(),
         ]);
+        let grpc_port = self.grpc.then(free_port);
+        if let Some(p) = grpc_port {
+            args.extend(["--dapr-grpc-port".to_string(), p.to_string()]);
+        }
         args.extend(self.args.iter().cloned());
         let mut env = vec![("HOME".to_string(), home.display().to_string())];
         env.extend(self.env.iter().cloned());
@@ -199,6 +210,7 @@ impl SidecarBuilder {
             env,
             env_remove: vec![
                 "DAPR_API_TOKEN".into(),
+                "DAPR_GRPC_PORT".into(),
                 "NAMESPACE".into(),
                 "RUST_LOG".into(),
             ],
@@ -216,6 +228,7 @@ impl SidecarBuilder {
         Sidecar {
             proc,
             port,
+            grpc_port,
             app_id: self.app_id.clone(),
             client,
             base: format!("http://127.0.0.1:{port}"),
@@ -313,6 +326,7 @@ fn port_in_use(logs: &str) -> bool {
 pub struct Sidecar {
     proc: Guarded,
     port: u16,
+    grpc_port: Option<u16>,
     app_id: String,
     client: reqwest::Client,
     base: String,
@@ -329,12 +343,19 @@ impl Sidecar {
             resources_path: true,
             env: vec![],
             args: vec![],
+            grpc: false,
         }
     }
 
     /// A sidecar with one store `statestore` of `kind` and a unique app id.
     pub async fn start(kind: StoreKind) -> Sidecar {
         Self::builder().store(kind).start().await
+    }
+
+    /// The gRPC API's port; panics unless the builder asked for gRPC.
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+            .expect("this sidecar serves no gRPC: start it with SidecarBuilder::grpc")
     }
 
     pub fn base_url(&self) -> &str {

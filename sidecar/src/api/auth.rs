@@ -17,7 +17,7 @@ impl Token {
     }
 
     /// Compares without an early exit, so timing does not reveal a matching prefix.
-    fn matches(&self, given: &[u8]) -> bool {
+    pub fn matches(&self, given: &[u8]) -> bool {
         given.len() == self.0.len()
             && given
                 .iter()

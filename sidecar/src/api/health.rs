@@ -1,5 +1,6 @@
 //! `/v1.0/healthz`, `/v1.0/healthz/outbound` and `/v1.0/metadata`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,46 +72,90 @@ async fn outbound(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// What `/v1.0/metadata` and gRPC's `GetMetadata` report, whatever the wire.
+pub struct Metadata {
+    pub app_id: String,
+    pub components: Vec<ComponentInfo>,
+    /// The attributes set with `PUT /v1.0/metadata/{attr}` (or gRPC `SetMetadata`), plus
+    /// `daprRuntimeVersion`.
+    pub extended: BTreeMap<String, String>,
+    pub app_port: Option<u16>,
+}
+
+pub struct ComponentInfo {
+    pub name: String,
+    pub component_type: String,
+    pub version: String,
+    pub capabilities: &'static [&'static str],
+}
+
+impl Metadata {
+    pub fn of(state: &AppState) -> Self {
+        let components = crate::state::entries(&state.registry)
+            .iter()
+            .map(|e| ComponentInfo {
+                name: e.name.clone(),
+                component_type: e.component_type.clone(),
+                version: e.version.clone(),
+                capabilities: e.store.features(),
+            })
+            .collect();
+        let mut extended = state
+            .extended
+            .read()
+            .map(|attrs| attrs.clone())
+            .unwrap_or_default();
+        extended.insert("daprRuntimeVersion".into(), RUNTIME_VERSION.into());
+        Self {
+            app_id: state.app_id.clone(),
+            components,
+            extended,
+            app_port: state.app_port,
+        }
+    }
+}
+
+/// Sets one attribute shown under `extended`; an empty name is ignored.
+pub fn set_extended(state: &AppState, name: String, value: String) {
+    if !name.is_empty()
+        && let Ok(mut attrs) = state.extended.write()
+    {
+        attrs.insert(name, value);
+    }
+}
+
 async fn metadata(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let stores = state.registry.load();
-    let mut entries: Vec<_> = stores.by_name.values().collect();
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    let components: Vec<Value> = entries
+    let md = Metadata::of(&state);
+    let components: Vec<Value> = md
+        .components
         .iter()
-        .map(|e| {
+        .map(|c| {
             json!({
-                "name": e.name,
-                "type": e.component_type,
-                "version": e.version,
-                "capabilities": e.store.features(),
+                "name": c.name,
+                "type": c.component_type,
+                "version": c.version,
+                "capabilities": c.capabilities,
             })
         })
         .collect();
-    let mut extended = serde_json::Map::new();
-    if let Ok(attrs) = state.extended.read() {
-        for (k, v) in attrs.iter() {
-            extended.insert(k.clone(), Value::String(v.clone()));
-        }
-    }
-    extended.insert("daprRuntimeVersion".into(), json!(RUNTIME_VERSION));
     let mut connection = json!({
         "protocol": "http",
         "channelAddress": "127.0.0.1",
         "maxConcurrency": -1,
     });
-    if let Some(port) = state.app_port {
+    if let Some(port) = md.app_port {
         connection["port"] = json!(port);
     }
     let mut body = json!({
         "runtimeVersion": RUNTIME_VERSION,
         "enabledFeatures": [],
         "components": components,
-        "extended": extended,
+        "extended": md.extended,
         "appConnectionProperties": connection,
         "actorRuntime": {"runtimeStatus": "DISABLED", "hostReady": false},
     });
-    if !state.app_id.is_empty() {
-        body["id"] = json!(state.app_id);
+    if !md.app_id.is_empty() {
+        body["id"] = json!(md.app_id);
     }
     Json(body)
 }
@@ -120,10 +165,10 @@ async fn set_attribute(
     Path(attribute): Path<String>,
     body: Bytes,
 ) -> StatusCode {
-    if !attribute.is_empty()
-        && let Ok(mut attrs) = state.extended.write()
-    {
-        attrs.insert(attribute, String::from_utf8_lossy(&body).into_owned());
-    }
+    set_extended(
+        &state,
+        attribute,
+        String::from_utf8_lossy(&body).into_owned(),
+    );
     StatusCode::NO_CONTENT
 }

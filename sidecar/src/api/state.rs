@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -17,7 +16,11 @@ use super::AppState;
 use super::body::{self, StateItem};
 use super::errors::{ApiError, Endpoint};
 use crate::components::StoreEntry;
-use crate::store::{DeleteRequest, Item, Operation, SetRequest, StoreError};
+use crate::state::{
+    LookupError, WriteOptions, delete_request, is_illegal_key, lookup as lookup_store,
+    parse_consistency, rfc3339, set_request as store_write,
+};
+use crate::store::{Item, Operation, SetRequest, StoreError};
 
 type Shared = State<Arc<AppState>>;
 type ApiResult = Result<Response, ApiError>;
@@ -60,66 +63,14 @@ impl Params {
 }
 
 fn lookup(state: &AppState, store: &str) -> Result<Arc<StoreEntry>, ApiError> {
-    let stores = state.registry.load();
-    if stores.by_name.is_empty() {
-        return Err(ApiError::store_not_configured(store, &state.app_id));
-    }
-    stores
-        .by_name
-        .get(store)
-        .cloned()
-        .ok_or_else(|| ApiError::store_not_found(store, &state.app_id))
-}
-
-/// An etag names a version: a decimal integer. Empty means none.
-fn parse_etag(etag: Option<&str>) -> Result<Option<u64>, String> {
-    match etag {
-        None | Some("") => Ok(None),
-        Some(e) => e
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| format!("invalid etag value: {e:?} is not an etag this store issued")),
-    }
-}
-
-/// Returns true for first-write.
-fn parse_concurrency(v: Option<&str>) -> Result<bool, String> {
-    match v {
-        None | Some("") | Some("last-write") => Ok(false),
-        Some("first-write") => Ok(true),
-        Some(other) => Err(format!(
-            "unrecognized concurrency model '{other}': expected first-write or last-write"
-        )),
-    }
-}
-
-/// Returns true for strong.
-fn parse_consistency(v: Option<&str>) -> Result<bool, String> {
-    match v {
-        None | Some("") | Some("eventual") => Ok(false),
-        Some("strong") => Ok(true),
-        Some(other) => Err(format!(
-            "unrecognized consistency model '{other}': expected strong or eventual"
-        )),
-    }
-}
-
-/// `ttlInSeconds` from request metadata, else the component default. `None` = persistent.
-fn resolve_ttl(
-    metadata: &HashMap<String, String>,
-    default: Option<i64>,
-) -> Result<Option<u64>, String> {
-    let ttl = match metadata.get("ttlInSeconds") {
-        Some(v) => Some(v.trim().parse::<i64>().map_err(|_| {
-            format!("failed to parse ttlInSeconds {v:?}: expected an integer number of seconds")
-        })?),
-        None => default,
-    };
-    Ok(ttl.filter(|t| *t > 0).map(|t| t as u64))
+    lookup_store(&state.registry, store).map_err(|e| match e {
+        LookupError::NotConfigured => ApiError::store_not_configured(store, &state.app_id),
+        LookupError::NotFound => ApiError::store_not_found(store, &state.app_id),
+    })
 }
 
 fn check_key(entry: &StoreEntry, key: &str, field: &str) -> Result<(), ApiError> {
-    if key.contains("||") {
+    if is_illegal_key(key) {
         return Err(ApiError::illegal_key(&entry.name, key, field));
     }
     Ok(())
@@ -138,37 +89,31 @@ fn set_request(
     key: &str,
     params: &Params,
 ) -> Result<SetRequest, ApiError> {
-    let bad = |cause: String| ApiError::bad_input(endpoint, &entry.name, key, &cause);
-    let etag = parse_etag(item.etag.as_deref()).map_err(bad)?;
-    let concurrency = item
-        .concurrency
-        .as_deref()
-        .or(params.concurrency.as_deref());
-    let consistency = item
-        .consistency
-        .as_deref()
-        .or(params.consistency.as_deref());
-    let first_write = parse_concurrency(concurrency).map_err(bad)?;
-    let strong = parse_consistency(consistency).map_err(bad)?;
-    let ttl = if params.metadata.contains_key("ttlInSeconds") {
-        resolve_ttl(&params.metadata, entry.default_ttl)
-    } else {
-        resolve_ttl(&item.metadata, entry.default_ttl)
-    }
-    .map_err(bad)?;
+    let ttl_key = "ttlInSeconds";
+    let opts = WriteOptions {
+        etag: item.etag.as_deref(),
+        concurrency: item
+            .concurrency
+            .as_deref()
+            .or(params.concurrency.as_deref()),
+        consistency: item
+            .consistency
+            .as_deref()
+            .or(params.consistency.as_deref()),
+        // A TTL in the query string wins over the item's own.
+        ttl_in_seconds: params
+            .metadata
+            .get(ttl_key)
+            .or_else(|| item.metadata.get(ttl_key))
+            .map(String::as_str),
+    };
     // The value is a slice of the request body: no copy, and exactly the text the client sent.
     let value = match item.value {
         Some(raw) => body.slice_ref(raw.get().as_bytes()),
         None => Bytes::from_static(b"null"),
     };
-    Ok(SetRequest {
-        key: entry.prefix.apply(key),
-        value,
-        etag,
-        first_write,
-        ttl,
-        strong,
-    })
+    store_write(entry, key, value, opts)
+        .map_err(|cause| ApiError::bad_input(endpoint, &entry.name, key, &cause))
 }
 
 pub async fn save(
@@ -391,18 +336,18 @@ async fn delete(
 ) -> ApiResult {
     let entry = lookup(&state, &store)?;
     check_key(&entry, &key, &key)?;
-    let bad = |cause: String| ApiError::bad_input(Endpoint::Delete, &store, &key, &cause);
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
-    let etag = parse_etag(if_match.map(str::trim)).map_err(bad)?;
-    parse_concurrency(params.concurrency.as_deref()).map_err(bad)?;
-    let strong = parse_consistency(params.consistency.as_deref()).map_err(bad)?;
+    let opts = WriteOptions {
+        etag: if_match.map(str::trim),
+        concurrency: params.concurrency.as_deref(),
+        consistency: params.consistency.as_deref(),
+        ttl_in_seconds: None,
+    };
+    let req = delete_request(&entry, &key, opts)
+        .map_err(|c| ApiError::bad_input(Endpoint::Delete, &store, &key, &c))?;
     entry
         .store
-        .delete(DeleteRequest {
-            key: entry.prefix.apply(&key),
-            etag,
-            strong,
-        })
+        .delete(req)
         .await
         .map_err(|e| ApiError::store(Endpoint::Delete, &store, &key, &e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -438,16 +383,24 @@ async fn transaction(
                 &params,
             )?),
             "delete" => {
-                let bad = |c: String| ApiError::bad_input(Endpoint::Transaction, &store, key, &c);
-                let concurrency = op.request.concurrency.as_deref();
-                let consistency = op.request.consistency.as_deref();
-                parse_concurrency(concurrency.or(params.concurrency.as_deref())).map_err(bad)?;
-                Operation::Delete(DeleteRequest {
-                    key: entry.prefix.apply(key),
-                    etag: parse_etag(op.request.etag.as_deref()).map_err(bad)?,
-                    strong: parse_consistency(consistency.or(params.consistency.as_deref()))
-                        .map_err(bad)?,
-                })
+                let opts = WriteOptions {
+                    etag: op.request.etag.as_deref(),
+                    concurrency: op
+                        .request
+                        .concurrency
+                        .as_deref()
+                        .or(params.concurrency.as_deref()),
+                    consistency: op
+                        .request
+                        .consistency
+                        .as_deref()
+                        .or(params.consistency.as_deref()),
+                    ttl_in_seconds: None,
+                };
+                Operation::Delete(
+                    delete_request(&entry, key, opts)
+                        .map_err(|c| ApiError::bad_input(Endpoint::Transaction, &store, key, &c))?,
+                )
             }
             other => return Err(ApiError::unsupported_operation(other)),
         };
@@ -469,67 +422,9 @@ pub async fn query(State(state): Shared, Path(store): Path<String>) -> ApiResult
     Err(ApiError::query_not_supported(&entry.name))
 }
 
-/// RFC 3339 in UTC with second precision, e.g. `2025-01-01T10:00:00Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn rfc3339_dates() {
-        let at = |s| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-        assert_eq!(at(0), "1970-01-01T00:00:00Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(at(1_735_725_600), "2025-01-01T10:00:00Z");
-    }
-
-    #[test]
-    fn option_values() {
-        assert_eq!(parse_concurrency(Some("first-write")), Ok(true));
-        assert_eq!(parse_concurrency(None), Ok(false));
-        assert!(parse_concurrency(Some("First-Write")).is_err());
-        assert_eq!(parse_consistency(Some("strong")), Ok(true));
-        assert!(parse_consistency(Some("weak")).is_err());
-        assert_eq!(parse_etag(Some("007")), Ok(Some(7)));
-        assert_eq!(parse_etag(Some("")), Ok(None));
-        assert!(parse_etag(Some("abc")).is_err());
-        assert!(parse_etag(Some("-1")).is_err());
-    }
-
-    #[test]
-    fn ttl_resolution() {
-        let md = |v: &str| HashMap::from([("ttlInSeconds".to_string(), v.to_string())]);
-        assert_eq!(resolve_ttl(&md("60"), None), Ok(Some(60)));
-        assert_eq!(resolve_ttl(&md("-1"), Some(30)), Ok(None));
-        assert_eq!(resolve_ttl(&md("0"), None), Ok(None));
-        assert_eq!(resolve_ttl(&HashMap::new(), Some(30)), Ok(Some(30)));
-        assert_eq!(resolve_ttl(&HashMap::new(), None), Ok(None));
-        assert!(resolve_ttl(&md("foo"), None).is_err());
-    }
 
     #[test]
     fn query_and_header_params() {
