@@ -433,7 +433,7 @@ fn spawn_unready(
     token_file: &Path,
     log_dir: &Path,
 ) -> (Guarded, String) {
-    let port = free_port();
+    let (port, grpc_port) = (free_port(), free_port());
     let args = [
         "--mode",
         "kubernetes",
@@ -447,6 +447,8 @@ fn spawn_unready(
         POD,
         "--dapr-http-port",
         &port.to_string(),
+        "--dapr-grpc-port",
+        &grpc_port.to_string(),
         "--token-file",
         &token_file.display().to_string(),
         "--control-plane-timeout",

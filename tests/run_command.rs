@@ -36,9 +36,15 @@ impl Run {
             program: &bin,
             args,
             env: vec![("HOME".into(), home.path().display().to_string())],
-            env_remove: ["DAPR_HTTP_PORT", "DAPR_API_TOKEN", "NAMESPACE", "RUST_LOG"]
-                .map(String::from)
-                .to_vec(),
+            env_remove: [
+                "DAPR_HTTP_PORT",
+                "DAPR_GRPC_PORT",
+                "DAPR_API_TOKEN",
+                "NAMESPACE",
+                "RUST_LOG",
+            ]
+            .map(String::from)
+            .to_vec(),
             log_dir: &home.scratch(),
             log_name: &unique("run"),
             cleanup_dir: None,
@@ -163,6 +169,42 @@ sys.exit(3)
     assert_eq!(stored.get("data").map(String::as_str), Some("\"hello\""));
     // The port is free again: the sidecar was stopped.
     assert!(std::net::TcpStream::connect(("127.0.0.1", run.port)).is_err());
+}
+
+/// The app finds the sidecar's gRPC API through DAPR_GRPC_PORT, as a Dapr SDK app does under
+/// `dapr run`: the official Python SDK saves and reads with no address configured.
+#[test]
+fn a_python_sdk_app_finds_the_grpc_api() {
+    let redis = RedisServer::start();
+    let home = Home::new();
+    home.statecar(&["init", "--redis-address", &redis.addr()])
+        .assert_ok();
+    let app = script(
+        &home,
+        "sdk_app.py",
+        r#"
+import os
+from dapr.clients import DaprClient
+with DaprClient() as client:
+    client.save_state("statestore", "sdk-key", b"from the sdk")
+    got = client.get_state("statestore", "sdk-key")
+    print("grpc port %s read back %s" % (os.environ["DAPR_GRPC_PORT"], got.data.decode()))
+"#,
+    );
+    let app_id = unique("sdkapp");
+    let mut run = Run::start(&home, &app_id, &["python3", app.to_str().expect("utf-8")]);
+    let code = run.wait(Duration::from_secs(60));
+    let logs = run.proc.logs();
+    assert_eq!(
+        code, 0,
+        "the SDK app succeeds (is the Python SDK installed?)\n{logs}"
+    );
+    assert!(
+        run.proc.stdout().contains("read back from the sdk"),
+        "{logs}"
+    );
+    let stored = redis.hgetall(&format!("{app_id}||sdk-key"));
+    assert_eq!(stored.get("data").map(String::as_str), Some("from the sdk"));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use statecar_tests::{Sidecar, StoreKind, store_tests};
 store_tests!(dapr_python_sdk);
 
 async fn dapr_python_sdk(kind: StoreKind) {
-    let sc = Sidecar::builder().store(kind).grpc().start().await;
+    let sc = Sidecar::builder().store(kind).start().await;
     run_suite(&sc, kind, "state", None).await;
 }
 
@@ -20,7 +20,6 @@ async fn dapr_python_sdk_sends_the_api_token() {
     let token = "py-sdk-token";
     let sc = Sidecar::builder()
         .store(StoreKind::Memory)
-        .grpc()
         .env("DAPR_API_TOKEN", token)
         .start()
         .await;

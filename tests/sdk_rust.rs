@@ -54,7 +54,7 @@ fn options(c: StateConcurrency, s: StateConsistency) -> Option<common::StateOpti
 }
 
 async fn rust_sdk_client(kind: StoreKind) {
-    let sc = Sidecar::builder().store(kind).grpc().start().await;
+    let sc = Sidecar::builder().store(kind).start().await;
     let mut client = sdk(&sc).await;
     let key = unique("rs");
 
@@ -172,7 +172,7 @@ async fn rust_sdk_client(kind: StoreKind) {
 }
 
 async fn generated_client_and_status_codes(kind: StoreKind) {
-    let sc = Sidecar::builder().store(kind).grpc().start().await;
+    let sc = Sidecar::builder().store(kind).start().await;
     let mut c = raw(&sc).await;
     let (x, y, missing) = (unique("x"), unique("y"), unique("none"));
     let upsert =
@@ -293,7 +293,7 @@ async fn generated_client_and_status_codes(kind: StoreKind) {
 }
 
 async fn grpc_and_http_share_state(kind: StoreKind) {
-    let sc = Sidecar::builder().store(kind).grpc().start().await;
+    let sc = Sidecar::builder().store(kind).start().await;
     let mut c = raw(&sc).await;
     let key = unique("both");
     // Saved over HTTP, read over gRPC: the same bytes and etag.

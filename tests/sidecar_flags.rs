@@ -431,7 +431,7 @@ async fn config_is_accepted_and_ignored_with_one_log_line() {
 /// the sidecar keeps running and reports not ready on the public port, as the kubelet sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_command_line_is_accepted() {
-    let (http, public, operator) = (free_port(), free_port(), free_port());
+    let (http, public, operator, grpc) = (free_port(), free_port(), free_port(), free_port());
     let token_dir = tempfile::tempdir().expect("temp dir");
     let token = token_dir.path().join("token");
     std::fs::write(&token, "not-a-real-token").expect("write token");
@@ -444,6 +444,8 @@ async fn injected_command_line_is_accepted() {
             "cart",
             "--dapr-http-port",
             &http.to_string(),
+            "--dapr-grpc-port",
+            &grpc.to_string(),
             "--dapr-public-port",
             &public.to_string(),
             "--control-plane-address",

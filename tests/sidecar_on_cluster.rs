@@ -215,6 +215,8 @@ async fn config_stream_over_tls_with_the_operators_ca() {
             &id.pod,
             "--dapr-http-port",
             &port.to_string(),
+            "--dapr-grpc-port",
+            &free_port().to_string(),
             "--token-file",
             &token_file.display().to_string(),
         ]

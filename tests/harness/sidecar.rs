@@ -109,7 +109,6 @@ pub struct SidecarBuilder {
     resources_path: bool,
     env: Vec<(String, String)>,
     args: Vec<String>,
-    grpc: bool,
 }
 
 /// How a sidecar that was expected not to start ended.
@@ -166,12 +165,6 @@ impl SidecarBuilder {
         self
     }
 
-    /// Serves the gRPC API too, on a free port (see [`Sidecar::grpc_port`]).
-    pub fn grpc(mut self) -> Self {
-        self.grpc = true;
-        self
-    }
-
     fn launch(&self) -> Sidecar {
         let dir = tempfile::Builder::new()
             .prefix("statecar-sidecar-")
@@ -196,10 +189,10 @@ impl SidecarBuilder {
             "--dapr-http-address".to_string(),
             "127.0.0.1".to_string(),
         ]);
-        let grpc_port = self.grpc.then(free_port);
-        if let Some(p) = grpc_port {
-            args.extend(["--dapr-grpc-port".to_string(), p.to_string()]);
-        }
+        // Always on a free port: in Kubernetes mode the default (50001) would be shared by
+        // every sidecar of a test run.
+        let grpc_port = free_port();
+        args.extend(["--dapr-grpc-port".to_string(), grpc_port.to_string()]);
         args.extend(self.args.iter().cloned());
         let mut env = vec![("HOME".to_string(), home.display().to_string())];
         env.extend(self.env.iter().cloned());
@@ -326,7 +319,7 @@ fn port_in_use(logs: &str) -> bool {
 pub struct Sidecar {
     proc: Guarded,
     port: u16,
-    grpc_port: Option<u16>,
+    grpc_port: u16,
     app_id: String,
     client: reqwest::Client,
     base: String,
@@ -343,7 +336,6 @@ impl Sidecar {
             resources_path: true,
             env: vec![],
             args: vec![],
-            grpc: false,
         }
     }
 
@@ -352,10 +344,9 @@ impl Sidecar {
         Self::builder().store(kind).start().await
     }
 
-    /// The gRPC API's port; panics unless the builder asked for gRPC.
+    /// The gRPC API's port.
     pub fn grpc_port(&self) -> u16 {
         self.grpc_port
-            .expect("this sidecar serves no gRPC: start it with SidecarBuilder::grpc")
     }
 
     pub fn base_url(&self) -> &str {

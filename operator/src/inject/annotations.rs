@@ -40,10 +40,11 @@ pub const SECCOMP_PROFILE_TYPE: &str = "dapr.io/sidecar-seccomp-profile-type";
 pub const NATIVE_SIDECAR: &str = "dapr.io/enable-native-sidecar";
 pub const MAX_BODY_SIZE: &str = "dapr.io/max-body-size";
 pub const HTTP_MAX_REQUEST_SIZE: &str = "dapr.io/http-max-request-size";
+pub const GRPC_PORT: &str = "dapr.io/grpc-port";
 
 /// Every `dapr.io/*` annotation statecar's injector acts on; any other `dapr.io/*` key is
 /// reported as unsupported.
-pub const SUPPORTED: [&str; 27] = [
+pub const SUPPORTED: [&str; 28] = [
     ENABLED,
     APP_ID,
     APP_PORT,
@@ -71,6 +72,7 @@ pub const SUPPORTED: [&str; 27] = [
     NATIVE_SIDECAR,
     MAX_BODY_SIZE,
     HTTP_MAX_REQUEST_SIZE,
+    GRPC_PORT,
 ];
 
 /// Dapr's truthy rule.

@@ -28,8 +28,24 @@ pub const HTTP_PORT: i32 = 3500;
 /// The health port (`--dapr-public-port`), reachable by the kubelet; not declared as a
 /// container port, as in Dapr.
 pub const PUBLIC_PORT: i32 = 3501;
-/// Dapr's gRPC port: declared and advertised to the app for compatibility.
+/// The gRPC API's port (`--dapr-grpc-port`) unless `dapr.io/grpc-port` says otherwise; the
+/// Dapr SDKs find it through DAPR_GRPC_PORT.
 pub const GRPC_PORT: i32 = 50001;
+
+fn grpc_port(annotations: Annotations<'_>) -> i32 {
+    match annotations.int_in(ann::GRPC_PORT, 1..=65535) {
+        Some(p) if [HTTP_PORT, PUBLIC_PORT].contains(&(p as i32)) => {
+            tracing::warn!(
+                annotation = ann::GRPC_PORT,
+                value = p,
+                "ignoring the annotation: the port is taken by the sidecar's HTTP or health port"
+            );
+            GRPC_PORT
+        }
+        Some(p) => p as i32,
+        None => GRPC_PORT,
+    }
+}
 
 /// The projected service-account token the sidecar presents to the operator.
 pub const TOKEN_VOLUME: &str = "statecar-token";
@@ -113,7 +129,7 @@ pub fn build(
     );
     let app_env = [
         env_value("DAPR_HTTP_PORT", &HTTP_PORT.to_string()),
-        env_value("DAPR_GRPC_PORT", &GRPC_PORT.to_string()),
+        env_value("DAPR_GRPC_PORT", &grpc_port(annotations).to_string()),
     ];
     for (i, container) in spec.containers.iter().enumerate() {
         let index = i.to_string();
@@ -191,7 +207,7 @@ fn sidecar(
         env: Some(env(annotations, cfg)),
         ports: Some(vec![
             port("dapr-http", HTTP_PORT),
-            port("dapr-grpc", GRPC_PORT),
+            port("dapr-grpc", grpc_port(annotations)),
         ]),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
@@ -255,6 +271,8 @@ fn args(
         &HTTP_PORT.to_string(),
         "--dapr-public-port",
         &PUBLIC_PORT.to_string(),
+        "--dapr-grpc-port",
+        &grpc_port(annotations).to_string(),
         "--control-plane-address",
         &cfg.control_plane_address,
         "--token-file",

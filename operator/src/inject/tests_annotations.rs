@@ -48,6 +48,45 @@ fn app_port() {
 }
 
 #[test]
+fn grpc_port() {
+    let grpc = |injected: &super::tests::Injected| {
+        let spec = injected.pod.spec.clone().expect("spec");
+        let app_env = spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "DAPR_GRPC_PORT")
+            .and_then(|e| e.value.clone());
+        let declared = injected
+            .sidecar()
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("dapr-grpc"))
+            .map(|p| p.container_port);
+        (injected.arg("--dapr-grpc-port"), app_env, declared)
+    };
+    let injected = inject(&pod_with(&[("dapr.io/grpc-port", "50010")]));
+    assert_eq!(
+        grpc(&injected),
+        (Some("50010".into()), Some("50010".into()), Some(50010))
+    );
+    assert!(
+        injected.unsupported.is_empty(),
+        "{:?}",
+        injected.unsupported
+    );
+    for ignored in ["0", "70000", "grpc", "", "3500", "3501"] {
+        let injected = inject(&pod_with(&[("dapr.io/grpc-port", ignored)]));
+        assert_eq!(
+            grpc(&injected),
+            (Some("50001".into()), Some("50001".into()), Some(50001)),
+            "{ignored:?}"
+        );
+    }
+}
+
+#[test]
 fn config() {
     let injected = inject(&pod_with(&[("dapr.io/config", "tracing")]));
     assert_eq!(injected.arg("--config").as_deref(), Some("tracing"));
@@ -403,7 +442,7 @@ fn flags_follow_the_base_args_in_a_fixed_order() {
     ]));
     let args = injected.args();
     assert_eq!(
-        &args[14..],
+        &args[16..],
         [
             "--log-as-json",
             "--app-port",

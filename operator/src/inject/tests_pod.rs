@@ -200,6 +200,8 @@ fn sidecar_container_defaults() {
             "3500",
             "--dapr-public-port",
             "3501",
+            "--dapr-grpc-port",
+            "50001",
             "--control-plane-address",
             "statecar-operator.statecar-system.svc:6500",
             "--token-file",

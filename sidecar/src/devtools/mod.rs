@@ -31,6 +31,8 @@ pub enum DevError {
     RedisStart(String),
     #[error("could not stop the private redis-server: {0}")]
     RedisStop(String),
+    #[error("cannot find a free loopback port for the sidecar's gRPC API")]
+    NoFreePort(#[source] std::io::Error),
     #[error("cannot start {program}")]
     Spawn {
         program: String,

@@ -38,7 +38,7 @@ const SIDECAR_PREFIX: &str = "== SIDECAR == ";
 ///
 /// The sidecar (this binary with --app-id, --dapr-http-port, --resources-path, ...) starts
 /// first; once `GET /v1.0/healthz` on 127.0.0.1:--dapr-http-port answers 204, the app starts
-/// with DAPR_HTTP_PORT, APP_ID and (with --app-port) APP_PORT in its environment, and
+/// with DAPR_HTTP_PORT, DAPR_GRPC_PORT, APP_ID and (with --app-port) APP_PORT in its environment, and
 /// PYTHONUNBUFFERED=1 unless set, so that Python apps show their output as it happens. Every
 /// line either prints is shown with an `== APP == ` or `== SIDECAR == ` prefix (stdout on
 /// stdout, stderr on stderr).
@@ -72,6 +72,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "PORT", default_value_t = 3500)]
     pub dapr_http_port: u16,
 
+    /// Port of the sidecar's gRPC API on 127.0.0.1 (DAPR_GRPC_PORT in the app's environment,
+    /// where the Dapr SDKs look for it). Default: a free port, so that several apps can run
+    /// side by side.
+    #[arg(long, value_name = "PORT")]
+    pub dapr_grpc_port: Option<u16>,
+
     /// A directory of Dapr component YAML files (repeatable). Default: ~/.statecar/components
     /// if it exists, else the built-in in-memory store.
     #[arg(
@@ -92,6 +98,11 @@ pub struct RunArgs {
 
 /// `statecar run`: returns the exit code to exit with.
 pub async fn run(args: &RunArgs) -> Result<u8, DevError> {
+    let mut args = args.clone();
+    if args.dapr_grpc_port.is_none() {
+        args.dapr_grpc_port = Some(free_port()?);
+    }
+    let args = &args;
     let port = args.dapr_http_port;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
@@ -252,6 +263,14 @@ fn components_note(args: &RunArgs) -> String {
 
 type Pumps = [JoinHandle<()>; 2];
 
+/// A loopback port free right now (the sidecar binds it a moment later).
+fn free_port() -> Result<u16, DevError> {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(DevError::NoFreePort)
+}
+
 fn start_sidecar(args: &RunArgs) -> Result<(Child, Pumps), DevError> {
     let exe = std::env::current_exe().map_err(|source| DevError::Spawn {
         program: "statecar (the current executable)".into(),
@@ -269,6 +288,9 @@ fn start_sidecar(args: &RunArgs) -> Result<(Child, Pumps), DevError> {
     if let Some(p) = args.app_port {
         cmd.arg("--app-port").arg(p.to_string());
     }
+    if let Some(p) = args.dapr_grpc_port {
+        cmd.arg("--dapr-grpc-port").arg(p.to_string());
+    }
     for dir in &args.resources_path {
         cmd.arg("--resources-path").arg(dir);
     }
@@ -285,6 +307,9 @@ fn start_app(args: &RunArgs) -> Result<(Child, Pumps), DevError> {
     cmd.args(&args.command[1..])
         .env("DAPR_HTTP_PORT", args.dapr_http_port.to_string())
         .env("APP_ID", &args.app_id);
+    if let Some(p) = args.dapr_grpc_port {
+        cmd.env("DAPR_GRPC_PORT", p.to_string());
+    }
     if let Some(p) = args.app_port {
         cmd.env("APP_PORT", p.to_string());
     }
