@@ -7,7 +7,8 @@
 //! * during the outage every request is answered, with 500 and the endpoint's errorCode
 //!   (`ERR_STATE_SAVE`, `ERR_STATE_GET`), within the deadline plus slack: nothing hangs;
 //! * `/v1.0/healthz/outbound` is not 2xx while Redis is away;
-//! * once Redis answers PING again, each kind of request succeeds again within a bound;
+//! * once Redis is reachable again (restarted and answering PING; the DROP rule removed), each
+//!   kind of request succeeds again within 1 s (project issue 7);
 //! * no acknowledged (2xx) save is missing afterwards;
 //! * no panic, and no growth in memory or threads after a further load.
 //!
@@ -170,8 +171,8 @@ fn probe_outbound(
     })
 }
 
-/// Runs the load around an outage: `cut` takes Redis away, `restore` brings it back and
-/// returns once a fresh connection gets PONG.
+/// Runs the load around an outage: `cut` takes Redis away, `restore` brings it back, waits
+/// until a fresh connection gets PONG, and returns when Redis became reachable again.
 async fn outage_under_load(
     name: &str,
     what: &str,
@@ -179,7 +180,7 @@ async fn outage_under_load(
     down_for: Duration,
     recovery_bound: Duration,
     cut: impl FnOnce(&mut RedisServer),
-    restore: impl FnOnce(&mut RedisServer),
+    restore: impl FnOnce(&mut RedisServer) -> Instant,
 ) {
     let sc = Arc::new(
         Sidecar::builder()
@@ -208,14 +209,14 @@ async fn outage_under_load(
     // From here on Redis is unreachable (the cut has taken effect).
     let down_at = Instant::now();
     tokio::time::sleep(down_for).await;
-    // Until here Redis is certainly away; `up_at` is when it answers PING again.
+    // Until here Redis is certainly away; `up_at` is when it is reachable again.
     let restore_at = Instant::now();
-    tokio::task::block_in_place(|| restore(redis));
-    let up_at = Instant::now();
+    let up_at = tokio::task::block_in_place(|| restore(redis));
     probe_stop.store(true, Ordering::Relaxed);
 
-    // Recovery: the first 2xx of each kind after Redis answers again.
-    let deadline = up_at + Duration::from_secs(30);
+    // Recovery: the first 2xx of each kind after Redis is reachable again. The wait is bounded
+    // well past `recovery_bound`, so that a slow recovery is measured and reported below.
+    let wait = recovery_bound + Duration::from_secs(10);
     let (save_ok, get_ok) = loop {
         if let (Some(s), Some(g)) = (
             load.first_ok_after(Op::Save, up_at),
@@ -224,8 +225,8 @@ async fn outage_under_load(
             break (s, g);
         }
         assert!(
-            Instant::now() < deadline,
-            "{name}: requests did not succeed again within 30 s of Redis answering PING\n{}",
+            up_at.elapsed() < wait,
+            "{name}: requests did not succeed again within {wait:?} of Redis being reachable\n{}",
             sc.logs()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -329,7 +330,8 @@ async fn outage_under_load(
          requests sent {}, acknowledged {} ({} saves), failed {} (all 500 with the endpoint's \
          errorCode), lost {} of {} acknowledged saves, failed saves found applied afterwards {} | \
          latency during outage p50 {} ms, max {} ms (deadline {} ms) | outbound probes during \
-         outage {} (all non-2xx) | recovery after PING: save {} ms, get {} ms | RSS {} -> {} \
+         outage {} (all non-2xx) | recovery after Redis reachable again: save {} ms, get {} ms \
+         (bound {} ms) | RSS {} -> {} \
          ({}), threads {} -> {}",
         (restore_at - down_at).as_secs_f64(),
         recs.len(),
@@ -345,6 +347,7 @@ async fn outage_under_load(
         outage_probes.len(),
         save_recovery.as_millis(),
         get_recovery.as_millis(),
+        recovery_bound.as_millis(),
         mib(before.rss),
         mib(after.rss),
         mib_delta(after.rss, before.rss),
@@ -365,7 +368,8 @@ async fn outage_under_load(
     assert!(
         save_recovery <= recovery_bound && get_recovery <= recovery_bound,
         "{name}: recovery took save {save_recovery:?} / get {get_recovery:?} after Redis \
-         answered PING (bound {recovery_bound:?})"
+         was reachable again (bound {recovery_bound:?})\n{}",
+        sc.logs()
     );
     assert!(
         after.rss <= before.rss + RSS_BOUND,
@@ -417,6 +421,7 @@ async fn redis_killed_and_restarted_under_load() {
         |r| {
             r.restart();
             wait_for_ping(r);
+            Instant::now()
         },
     )
     .await;
@@ -533,15 +538,17 @@ async fn network_cut_to_redis_under_load() {
          Redis itself kept running",
         &mut redis,
         Duration::from_secs(10),
-        // Established connections resume when TCP retransmits (exponential backoff): a few
-        // seconds after the rule is gone.
-        Duration::from_secs(10),
+        // The issue's bound, from the rule's removal. Connections open through the cut would
+        // wait seconds for TCP's retransmission backoff: the store replaces them.
+        Duration::from_secs(1),
         move |r| *r1.lock().expect("rule") = Some(DropRule::insert(r.port())),
         move |r| {
             if let Some(mut rule) = r2.lock().expect("rule").take() {
                 rule.remove();
             }
+            let reachable = Instant::now();
             wait_for_ping(r);
+            reachable
         },
     )
     .await;

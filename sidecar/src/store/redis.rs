@@ -85,8 +85,10 @@ impl RedisStore {
             .query_async::<()>(&mut conn)
             .await
             .map_err(connect)?;
-        let replicas = store.read_replicas().await.map_err(connect)?;
-        store.replicas.store(replicas, Ordering::Relaxed);
+        if !store.conns.is_cluster() {
+            let replicas = read_replicas(&mut conn).await.map_err(connect)?;
+            store.replicas.store(replicas, Ordering::Relaxed);
+        }
         Ok(store)
     }
 
@@ -98,33 +100,28 @@ impl RedisStore {
         self.conns.conn()
     }
 
-    async fn call<T>(
-        &self,
-        f: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.deadline, f).await {
+    /// Runs `f` on a connection within the deadline.
+    async fn call<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.conn();
+        let began = Instant::now();
+        match tokio::time::timeout(self.deadline, f(conn.clone())).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.failed(e).await),
-            Err(_) => Err(self.expired().await),
+            Ok(Err(e)) => Err(self.failed(&conn, began, e).await),
+            Err(_) => Err(self.expired(&conn, began).await),
         }
     }
 
-    async fn read_replicas(&self) -> Result<u64, RedisError> {
+    async fn replicas(&self) -> Result<u64, StoreError> {
         if self.conns.is_cluster() {
             // WAIT counts the replicas of the connection it runs on, and a cluster connection
             // routes a keyless command to any master: strong writes do not WAIT on a cluster.
             return Ok(0);
         }
-        let mut conn = self.conn();
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut conn)
-            .await?;
-        Ok(info
-            .lines()
-            .find_map(|l| l.strip_prefix("connected_slaves:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0))
+        self.call(|mut c| async move { read_replicas(&mut c).await })
+            .await
     }
 
     /// After a strong write: wait until the replicas have the write (when there are any).
@@ -135,7 +132,7 @@ impl RedisStore {
             .map(|t| t.elapsed() > REPLICA_RECHECK)
             .unwrap_or(true);
         if stale {
-            let n = self.call(self.read_replicas()).await?;
+            let n = self.replicas().await?;
             self.replicas.store(n, Ordering::Relaxed);
             if let Ok(mut t) = self.replicas_checked.lock() {
                 *t = Instant::now();
@@ -145,14 +142,14 @@ impl RedisStore {
         if replicas == 0 {
             return Ok(());
         }
-        let mut conn = self.conn();
         let acked = self
-            .call(
+            .call(|mut c| async move {
                 redis::cmd("WAIT")
                     .arg(replicas)
                     .arg(WAIT_TIMEOUT_MS)
-                    .query_async::<i64>(&mut conn),
-            )
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
             .await?;
         if acked > 0 {
             // At least one replica has the write, so a failover to it keeps it. Waiting for
@@ -162,7 +159,7 @@ impl RedisStore {
         // No acknowledgement: either the replicas are gone (a failover left this master
         // alone), or none kept up. Daprd ignores WAIT's answer; here a strong write that no
         // replica holds is reported, as it would not survive losing this master.
-        let now = self.call(self.read_replicas()).await?;
+        let now = self.replicas().await?;
         self.replicas.store(now, Ordering::Relaxed);
         if let Ok(mut t) = self.replicas_checked.lock() {
             *t = Instant::now();
@@ -194,8 +191,10 @@ impl RedisStore {
                 .cmd("PTTL")
                 .arg(*key);
         }
-        let mut conn = self.conn();
-        let replies: Vec<Value> = match self.plain(pipe.query_async(&mut conn)).await? {
+        let read = self
+            .plain(|mut c| async move { pipe.query_async::<Vec<Value>>(&mut c).await })
+            .await?;
+        let replies = match read {
             Some(replies) => replies,
             None => return Ok(None),
         };
@@ -221,30 +220,32 @@ impl RedisStore {
 
     /// Runs plain commands: `Ok(None)` when Redis answered with an error reply (the caller
     /// falls back to a script), the store's error when Redis could not be reached.
-    async fn plain<T>(
-        &self,
-        f: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<Option<T>, StoreError> {
-        match tokio::time::timeout(self.deadline, f).await {
+    async fn plain<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<Option<T>, StoreError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.conn();
+        let began = Instant::now();
+        match tokio::time::timeout(self.deadline, f(conn.clone())).await {
             Ok(Ok(v)) => Ok(Some(v)),
             Ok(Err(e)) if unreachable(&e) || e.code() == Some("READONLY") => {
-                Err(self.failed(e).await)
+                Err(self.failed(&conn, began, e).await)
             }
             Ok(Err(_)) => Ok(None),
-            Err(_) => Err(self.expired().await),
+            Err(_) => Err(self.expired(&conn, began).await),
         }
     }
 
-    /// A call that failed: lets the connections react (Sentinel may have a new master), then
-    /// maps the error.
-    async fn failed(&self, e: RedisError) -> StoreError {
-        self.conns.after_error(&e).await;
+    /// A call that failed: lets the connections react (a timed-out connection is replaced,
+    /// Sentinel may have a new master), then maps the error.
+    async fn failed(&self, conn: &Conn, began: Instant, e: RedisError) -> StoreError {
+        self.conns.after_error(conn, began, &e).await;
         map_error(&self.host, e)
     }
 
     /// A call that hit the deadline.
-    async fn expired(&self) -> StoreError {
-        self.conns.after_timeout().await;
+    async fn expired(&self, conn: &Conn, began: Instant) -> StoreError {
+        self.conns.after_timeout(conn, began).await;
         self.timed_out()
     }
 
@@ -256,8 +257,9 @@ impl RedisStore {
     }
 
     async fn get_scripted(&self, key: &str) -> Result<Option<Item>, StoreError> {
-        let mut conn = self.conn();
-        let reply: Value = self.call(GET.key(key).invoke_async(&mut conn)).await?;
+        let reply: Value = self
+            .call(|mut c| async move { GET.key(key).invoke_async(&mut c).await })
+            .await?;
         parse_item(key, reply)
     }
 
@@ -280,9 +282,8 @@ impl RedisStore {
             Some(ttl) => pipe.cmd("EXPIRE").arg(&req.key).arg(ttl).ignore(),
             None => pipe.cmd("PERSIST").arg(&req.key).ignore(),
         };
-        let mut conn = self.conn();
         Ok(self
-            .plain(pipe.query_async::<()>(&mut conn))
+            .plain(|mut c| async move { pipe.query_async::<()>(&mut c).await })
             .await?
             .is_some())
     }
@@ -299,19 +300,32 @@ impl RedisStore {
     }
 
     async fn set_scripted(&self, req: &SetRequest) -> Result<(), StoreError> {
-        let mut conn = self.conn();
         let mut call = SET.prepare_invoke();
         call.key(&req.key)
             .arg(&req.value[..])
             .arg(req.etag.map(|e| e.to_string()).unwrap_or_default())
             .arg(if req.first_write { "1" } else { "0" })
             .arg(req.ttl.unwrap_or(0));
-        let version: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        let version: i64 = self
+            .call(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
         if version == 0 {
             return Err(conflict(&req.key, req.etag, req.first_write));
         }
         Ok(())
     }
+}
+
+async fn read_replicas(conn: &mut Conn) -> Result<u64, RedisError> {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_slaves:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0))
 }
 
 /// Keys per MULTI/EXEC in a bulk read, so that one huge request does not hold Redis for long.
@@ -448,11 +462,12 @@ impl Store for RedisStore {
     }
 
     async fn delete(&self, req: DeleteRequest) -> Result<(), StoreError> {
-        let mut conn = self.conn();
         let mut call = DELETE.prepare_invoke();
         call.key(&req.key)
             .arg(req.etag.map(|e| e.to_string()).unwrap_or_default());
-        let deleted: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        let deleted: i64 = self
+            .call(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
         if deleted == 0 {
             return Err(conflict(&req.key, req.etag, false));
         }
@@ -490,8 +505,9 @@ impl Store for RedisStore {
                     .arg("0:0"),
             };
         }
-        let mut conn = self.conn();
-        let failed: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        let failed: i64 = self
+            .call(|mut c| async move { call.invoke_async(&mut c).await })
+            .await?;
         if failed > 0 {
             let op = &ops[(failed as usize - 1).min(ops.len() - 1)];
             let (etag, first_write) = match op {
@@ -510,8 +526,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        self.call(redis::cmd("PING").query_async::<()>(&mut conn))
+        self.call(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
             .await
     }
 }
