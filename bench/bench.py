@@ -262,6 +262,32 @@ def wrk(peer, port, workload, conns, duration, check, server_pid, redis_pid):
     return r
 
 
+def grpc_load(client, port, op, conns, duration, server_pid, redis_pid):
+    """A closed-loop gRPC run (bench/src/grpc_load.rs), the counterpart of wrk's."""
+    argv = [client, "--addr", f"http://127.0.0.1:{port}", "--op", op, "--connections",
+            str(conns), "--duration", str(duration), "--keys", str(KEYS)]
+    cpu0, rcpu0 = cpu_seconds(server_pid), cpu_seconds(redis_pid)
+    code, out, gen_cpu = run_measured(argv, duration + 60)
+    cpu1, rcpu1 = cpu_seconds(server_pid), cpu_seconds(redis_pid)
+    line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
+    if code != 0 or line is None:
+        return {"ok": False, "error": f"grpc-load exited with {code}: {out[-600:]}"}
+    s = json.loads(line)
+    n = s["requests"]
+    r = {
+        "ok": n > 0 and s["errors"] == 0,
+        "requests": n,
+        "rps": s["rps"],
+        "errors": s["errors"],
+        "server_cpu_ms_per_1k": (cpu1 - cpu0) * 1e6 / n if n else None,
+        "redis_cpu_ms_per_1k": (rcpu1 - rcpu0) * 1e6 / n if n else None,
+        "loadgen_cpu_ms_per_1k": gen_cpu * 1e6 / n if n else None,
+    }
+    if not r["ok"]:
+        r["error"] = f"{n} requests, {s['errors']} errors"
+    return r
+
+
 def fixed_rate(client, url, duration, warmup, server_pid):
     """GET at LATENCY_RATE req/s over LATENCY_CONNECTIONS connections; CPU and RSS of
     server_pid are taken over the measured window only."""
@@ -369,7 +395,8 @@ def run(args):
     rb_scale = 0.1 if smoke else 1.0
     results = {"smoke": smoke, "duration_s": duration, "latency_duration_s": lat_duration,
                "load_before": os.getloadavg(), "info": collect_info(args),
-               "throughput": {}, "redis_benchmark": {}, "latency": {}, "footprint": {},
+               "throughput": {}, "grpc": {}, "redis_benchmark": {}, "latency": {},
+               "footprint": {},
                "failures": []}
     fail = results["failures"]
 
@@ -380,6 +407,7 @@ def run(args):
 
     with tempfile.TemporaryDirectory(prefix="statecar-bench-") as tmp, Processes(tmp) as procs:
         redis_port, statecar_port, webdis_port = free_port(), free_port(), free_port()
+        grpc_port = free_port()
         redis = procs.start("redis", [
             "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", tmp, "--daemonize", "no"])
@@ -391,7 +419,7 @@ def run(args):
         footprint.redis_component(components, redis_port)
         statecar = procs.start("statecar", [
             args.statecar, "--app-id", APP_ID, "--dapr-http-port", str(statecar_port),
-            "--resources-path", components])
+            "--dapr-grpc-port", str(grpc_port), "--resources-path", components])
         wait_for(lambda: footprint.healthz(statecar_port) == 204, "statecar")
 
         webdis_conf = os.path.join(tmp, "webdis.json")
@@ -447,6 +475,17 @@ def run(args):
                     results["throughput"][f"{peer}/{workload}/{conns}"] = record(
                         f"{peer} {workload} {conns} connections", r)
                     procs.check_alive()
+
+        # The same GET and SAVE over gRPC (the Dapr SDKs' protocol), on the same sidecar.
+        for op in ("get", "save"):
+            for conns in CONNECTIONS:
+                print(f"throughput: statecar gRPC {op}, {conns} connections, {duration} s",
+                      file=sys.stderr)
+                results["grpc"][f"{op}/{conns}"] = record(
+                    f"statecar gRPC {op} {conns} connections",
+                    grpc_load(args.grpc_load, grpc_port, op, conns, duration, statecar.pid,
+                              redis.pid))
+                procs.check_alive()
 
         for conns in CONNECTIONS:
             for pipeline in (1, 16):
@@ -612,7 +651,25 @@ def table(res):
             "statecar vs raw Redis", "target", "holds", "Dapr 1.17, published (not measured here)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines), targets
+    return "\n".join(lines) + "\n\n" + grpc_table(res, rps, rb_rps), targets
+
+
+def grpc_table(res, rps, rb_rps):
+    """gRPC next to HTTP on the same sidecar, with the same keys, values and connections."""
+    head = ["gRPC (grpc-load) vs HTTP (wrk)", "gRPC req/s", "HTTP req/s", "gRPC vs HTTP",
+            "gRPC vs raw Redis (-P 1)", "statecar CPU per 1,000, gRPC (ms)", "same, HTTP (ms)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for op, rb_test in (("get", "GET"), ("save", "SET")):
+        for conns in CONNECTIONS:
+            g = res["grpc"].get(f"{op}/{conns}") or {}
+            h = res["throughput"].get(f"statecar/{op}/{conns}") or {}
+            g_rps = g["rps"] if g.get("ok") else None
+            row = [f"{WORKLOADS[op][0]}, {conns} conns", num(g_rps), num(rps(f"statecar/{op}/{conns}")),
+                   times(g_rps, rps(f"statecar/{op}/{conns}")),
+                   times(g_rps, rb_rps(conns, 1, rb_test)),
+                   num(g.get("server_cpu_ms_per_1k"), 1), num(h.get("server_cpu_ms_per_1k"), 1)]
+            lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
 
 
 def ceiling(t, cores):
@@ -682,6 +739,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--statecar", required=True, help="the release statecar binary")
     ap.add_argument("--fixed-rate", required=True, help="the fixed-rate client binary")
+    ap.add_argument("--grpc-load", required=True, help="the grpc-load client binary")
     ap.add_argument("--smoke", action="store_true",
                     help="every workload for about a second: checks that the harness works")
     ap.add_argument("--duration", type=int, help="seconds per throughput run (default 8)")

@@ -39,4 +39,4 @@ target_dir="$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 
 exec python3 bench/bench.py --statecar "$target_dir/$profile/statecar" \
-  --fixed-rate "$target_dir/$profile/fixed-rate" "$@"
+  --fixed-rate "$target_dir/$profile/fixed-rate" --grpc-load "$target_dir/$profile/grpc-load" "$@"
