@@ -270,6 +270,19 @@ stored="$(rcli 0 HGET "$app_id||order-2" data)"
 [ "$(rcli 0 EXISTS "$app_id||order-1")" = 0 ] || fail "Redis still has $app_id||order-1"
 say "Redis db 0 holds $app_id||order-2 = $stored, and no $app_id||order-1"
 
+step "gRPC from inside an app container (localhost:\$DAPR_GRPC_PORT, as the Dapr SDKs use)"
+grpc_port="$(kc exec -n "$ns" "$b" -c app -- sh -c 'echo "$DAPR_GRPC_PORT"' | tr -d '\r')"
+[ "$grpc_port" = 50001 ] || fail "the app container has DAPR_GRPC_PORT='$grpc_port', expected 50001"
+# A GetState request framed by hand (curl speaks HTTP/2, not protobuf): store_name (field 1)
+# "statestore", key (field 2) "order-2", behind gRPC's 5-byte length prefix.
+kc exec -n "$ns" "$b" -c app -- sh -c "printf '\\000\\000\\000\\000\\025\\012\\012statestore\\022\\007order-2' |
+  curl -sS --max-time 10 --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' \
+    --data-binary @- http://localhost:$grpc_port/dapr.proto.runtime.v1.Dapr/GetState" >"$work/grpc.out" ||
+  fail "the gRPC GetState call failed"
+grep -a -q '{"item":"pen","qty":5}' "$work/grpc.out" ||
+  fail "gRPC GetState of order-2 did not return the value: $(od -c "$work/grpc.out" | head -5)"
+say "gRPC GetState order-2 on localhost:$grpc_port (pod $b): $(grep -a -o '{"item":"pen","qty":5}' "$work/grpc.out")"
+
 # ---- 5. hot reload ----------------------------------------------------------------------------
 step "kubectl apply the Component with redisDB 1: both sidecars switch, no restart"
 before="$(restarts)"
