@@ -71,12 +71,12 @@ def startup(binary, args, runs, settle=1.0):
     return statistics.median(starts), min(starts), statistics.median(rss) if rss else 0
 
 
-def redis_component(directory, port):
-    """Writes a state.redis component named statestore for 127.0.0.1:`port` into `directory`."""
+def redis_component(directory, port, host="127.0.0.1"):
+    """Writes a state.redis component named statestore for `host`:`port` into `directory`."""
     with open(os.path.join(directory, "statestore.yaml"), "w") as f:
         f.write("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n"
                 "  name: statestore\nspec:\n  type: state.redis\n  version: v1\n"
-                f"  metadata:\n  - name: redisHost\n    value: 127.0.0.1:{port}\n")
+                f"  metadata:\n  - name: redisHost\n    value: {host}:{port}\n")
 
 
 def main():

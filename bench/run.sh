@@ -38,5 +38,18 @@ fi
 target_dir="$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 
+# A fully static build as well (glibc linked in with +crt-static: no loader, no shared
+# libraries), for its size and to check that it runs; release runs only. --target keeps the
+# flag off build scripts and proc macros, and the build in its own directory.
+static=()
+host="$(rustc -vV | sed -n 's/^host: //p')"
+if [ "$profile" = release ] && [[ "$host" == *-linux-gnu ]]; then
+  echo "==> cargo build --release --target $host -p sidecar (static: -C target-feature=+crt-static)" >&2
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release -p sidecar --locked --target "$host"
+  static=(--static-statecar "$target_dir/$host/release/statecar")
+fi
+
 exec python3 bench/bench.py --statecar "$target_dir/$profile/statecar" \
-  --fixed-rate "$target_dir/$profile/fixed-rate" --grpc-load "$target_dir/$profile/grpc-load" "$@"
+  --fixed-rate "$target_dir/$profile/fixed-rate" --grpc-load "$target_dir/$profile/grpc-load" \
+  ${static[@]+"${static[@]}"} "$@"

@@ -12,10 +12,15 @@
 # nonroot 65532, the CA bundle, /tmp) and nothing else. Rebuilding from the same binaries gives
 # byte-identical tarballs.
 #
-# Usage: images/build.sh [--out DIR] [--no-build]
+# Usage: images/build.sh [--out DIR] [--no-build] [--static]
 #   --out DIR              where the tarballs go (default: target/images in the repository)
 #   --no-build             use the release binaries as they are, even if older than the
 #                          sources (for binaries built elsewhere, e.g. in CI)
+#   --static               put a fully static statecar in the statecar image (glibc linked
+#                          in with -C target-feature=+crt-static; no loader, no libraries in
+#                          the layer), built for the host's target in
+#                          $CARGO_TARGET_DIR/<host triple>/release; *-linux-gnu hosts only.
+#                          The operator stays dynamic.
 # Environment:
 #   STATECAR_RELEASE_DIR   a directory with release builds of statecar and statecar-operator
 #                          (default: $CARGO_TARGET_DIR/release, else target/release). They are
@@ -31,12 +36,14 @@ target="$(realpath -m "${CARGO_TARGET_DIR:-$repo/target}")"
 out="$repo/target/images"
 release="$(realpath -m "${STATECAR_RELEASE_DIR:-$target/release}")"
 build=yes
+static=no
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$(realpath -m "${2:?--out needs a directory}")"; shift 2 ;;
     --out=*) out="$(realpath -m "${1#--out=}")"; shift ;;
     --no-build) build=no; shift ;;
+    --static) static=yes; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -73,6 +80,28 @@ else
   echo "==> reusing release binaries in $release" >&2
 fi
 
+statecar_bin="$release/statecar"
+if [ "$static" = yes ]; then
+  host="$("${RUSTC:-rustc}" -vV | sed -n 's/^host: //p')"
+  if [[ "$host" != *-linux-gnu ]]; then
+    echo "build.sh: --static links glibc statically and needs a *-linux-gnu host, not $host" >&2
+    exit 1
+  fi
+  statecar_bin="$target/$host/release/statecar"
+  if [ "$build" = no ]; then
+    [ -x "$statecar_bin" ] || { echo "build.sh: --no-build, and $statecar_bin is missing" >&2; exit 1; }
+  elif stale "$statecar_bin" sidecar; then
+    echo "==> building a static statecar in $(dirname "$statecar_bin")" >&2
+    # --target keeps the flag off build scripts and proc macros.
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_TARGET_DIR="$target" \
+      "${CARGO:-cargo}" build --release --locked --target "$host" -p sidecar
+  fi
+  if ! ldd "$statecar_bin" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
+    echo "build.sh: --static, but $statecar_bin is not static" >&2
+    exit 1
+  fi
+fi
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -82,9 +111,8 @@ gcc -static -O2 -s -Wall -Wextra -Werror -DVERSION="\"$version\"" \
 
 # Release builds are stripped already; a debug build would otherwise put hundreds of MiB of
 # debug info into the image.
-for bin in statecar statecar-operator; do
-  strip --strip-all -o "$work/$bin" "$release/$bin"
-done
+strip --strip-all -o "$work/statecar" "$statecar_bin"
+strip --strip-all -o "$work/statecar-operator" "$release/statecar-operator"
 
 echo "==> assembling images in $out" >&2
 python3 images/build.py --out "$out" \

@@ -153,6 +153,20 @@ struct Cli {
     )]
     http_header_timeout: Duration,
 
+    /// Threads that serve the API and drive the store connections. 1 (the default): one
+    /// thread runs everything, which costs the least CPU per request (no hand-offs or wake-ups
+    /// between threads, and concurrent requests share one write to Redis) and suits a sidecar
+    /// that gets a core or less; a slow request (a large bulk body) then delays the others.
+    /// N > 1: a multi-threaded runtime with N workers, for a sidecar with several cores to
+    /// itself; 0: one worker per core.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        env = "STATECAR_WORKER_THREADS"
+    )]
+    worker_threads: usize,
+
     /// The statecar operator: HOST:PORT (plain HTTP) or an http:// or https:// URL.
     /// Required in Kubernetes mode.
     #[arg(long, value_name = "HOST:PORT|URL", help_heading = "Kubernetes mode")]
@@ -396,10 +410,7 @@ fn main() -> ExitCode {
     init_logging(&cli);
     // Redis TLS uses rustls; pick its crypto provider once for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(cli.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -416,6 +427,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The sidecar's async runtime: one thread (the default), or `threads` workers (0: one per
+/// core), see --worker-threads.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
 }
 
 /// `statecar init|run|uninstall`: plain output for a terminal, no tracing setup.
@@ -776,6 +800,18 @@ mod tests {
             "sidecar flags before a subcommand are refused, not ignored"
         );
         assert!(cli(&["init", "--stop", "--start-redis"]).is_err());
+    }
+
+    #[test]
+    fn worker_threads() {
+        assert_eq!(cli(&[]).expect("no flags").worker_threads, 1);
+        let parsed = cli(&["--worker-threads", "0"]).expect("one per core");
+        assert_eq!(parsed.worker_threads, 0);
+        assert!(cli(&["--worker-threads", "-1"]).is_err());
+        for threads in [0, 1, 2] {
+            let rt = runtime(threads).expect("runtime");
+            assert_eq!(rt.block_on(async { 6 * 7 }), 42);
+        }
     }
 
     #[test]
