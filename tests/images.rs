@@ -760,10 +760,11 @@ fn pause_reaps_orphans_as_pid_1() {
     };
     // A process that leaves an orphan in pause's namespace: the orphan becomes pause's child,
     // and must be reaped when it exits.
-    // The orphan sleeps long enough to be seen even on a busy machine.
+    // The orphan sleeps long enough to be seen even on a busy machine. Its output goes to
+    // /dev/null: holding the captured pipes open, it would keep `run` waiting until it exited.
     run(Command::new("nsenter")
         .args(["--target", &pause.to_string(), "--pid", "--", "sh", "-c"])
-        .arg("sleep 3 &"));
+        .arg("sleep 3 </dev/null >/dev/null 2>&1 &"));
     let deadline = Instant::now() + Duration::from_secs(2);
     let orphans = loop {
         let now = children(pause);
