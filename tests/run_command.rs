@@ -102,6 +102,15 @@ impl Run {
     }
 }
 
+/// A Redis, and a home whose default component (`statecar init`) points at it.
+fn home_with_redis() -> (RedisServer, Home) {
+    let redis = RedisServer::start();
+    let home = Home::new();
+    home.statecar(&["init", "--redis-address", &redis.addr()])
+        .assert_ok();
+    (redis, home)
+}
+
 fn script(home: &Home, name: &str, text: &str) -> PathBuf {
     let path = home.scratch().join(name);
     std::fs::write(&path, text).expect("write script");
@@ -117,10 +126,7 @@ while :; do sleep 0.1; done
 
 #[test]
 fn the_app_exit_code_is_passed_on_and_output_is_prefixed() {
-    let redis = RedisServer::start();
-    let home = Home::new();
-    home.statecar(&["init", "--redis-address", &redis.addr()])
-        .assert_ok();
+    let (redis, home) = home_with_redis();
     // Saves and reads state through the sidecar (stdlib only), then exits 3.
     let app = script(
         &home,
@@ -175,10 +181,7 @@ sys.exit(3)
 /// `dapr run`: the official Python SDK saves and reads with no address configured.
 #[test]
 fn a_python_sdk_app_finds_the_grpc_api() {
-    let redis = RedisServer::start();
-    let home = Home::new();
-    home.statecar(&["init", "--redis-address", &redis.addr()])
-        .assert_ok();
+    let (redis, home) = home_with_redis();
     let app = script(
         &home,
         "sdk_app.py",
@@ -328,10 +331,7 @@ fn counter_example_is_exact_with_three_replicas_on_one_redis() {
         panic!("the counter example cannot run: {why}");
     }
     const N: u32 = 50;
-    let redis = RedisServer::start();
-    let home = Home::new();
-    home.statecar(&["init", "--redis-address", &redis.addr()])
-        .assert_ok();
+    let (redis, home) = home_with_redis();
     let counter = counter_example();
     let counter = counter.to_str().expect("utf-8 path");
     let n = N.to_string();

@@ -92,34 +92,60 @@ impl tower::Service<http::Request<Body>> for DaprService {
     }
 }
 
-async fn route(api: Arc<GrpcApi>, req: http::Request<Body>) -> http::Response<Body> {
-    if let Err(status) = api.authorize(&req) {
-        return status.into_http();
-    }
-    let path = req.uri().path().to_string();
-    let rpc = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-        Some((SERVICE, rpc)) => rpc,
-        _ => {
-            return Status::unimplemented(format!(
-                "unknown service or method {path}: statecar serves the state RPCs of {SERVICE}"
-            ))
-            .into_http();
-        }
+/// The RPCs statecar serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    GetState,
+    GetBulkState,
+    SaveState,
+    DeleteState,
+    DeleteBulkState,
+    ExecuteStateTransaction,
+    QueryStateAlpha1,
+    GetMetadata,
+    SetMetadata,
+}
+
+/// The method a request path names, or the UNIMPLEMENTED status naming what it asked for.
+fn method(path: &str) -> Result<Method, Status> {
+    let Some((SERVICE, rpc)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return Err(Status::unimplemented(format!(
+            "unknown service or method {path}: statecar serves the state RPCs of {SERVICE}"
+        )));
     };
-    match rpc {
-        "GetState" => unary(api, req, state::get_state).await,
-        "GetBulkState" => unary(api, req, state::get_bulk_state).await,
-        "SaveState" => unary(api, req, state::save_state).await,
-        "DeleteState" => unary(api, req, state::delete_state).await,
-        "DeleteBulkState" => unary(api, req, state::delete_bulk_state).await,
-        "ExecuteStateTransaction" => unary(api, req, state::execute_state_transaction).await,
-        "QueryStateAlpha1" => unary(api, req, state::query_state).await,
-        "GetMetadata" => unary(api, req, state::get_metadata).await,
-        "SetMetadata" => unary(api, req, state::set_metadata).await,
-        other => Status::unimplemented(format!(
-            "{SERVICE}/{other} is not implemented: statecar serves the state management API only"
-        ))
-        .into_http(),
+    Ok(match rpc {
+        "GetState" => Method::GetState,
+        "GetBulkState" => Method::GetBulkState,
+        "SaveState" => Method::SaveState,
+        "DeleteState" => Method::DeleteState,
+        "DeleteBulkState" => Method::DeleteBulkState,
+        "ExecuteStateTransaction" => Method::ExecuteStateTransaction,
+        "QueryStateAlpha1" => Method::QueryStateAlpha1,
+        "GetMetadata" => Method::GetMetadata,
+        "SetMetadata" => Method::SetMetadata,
+        other => {
+            return Err(Status::unimplemented(format!(
+                "{SERVICE}/{other} is not implemented: statecar serves the state management API only"
+            )));
+        }
+    })
+}
+
+async fn route(api: Arc<GrpcApi>, req: http::Request<Body>) -> http::Response<Body> {
+    let method = match api.authorize(&req).and_then(|()| method(req.uri().path())) {
+        Ok(m) => m,
+        Err(status) => return status.into_http(),
+    };
+    match method {
+        Method::GetState => unary(api, req, state::get_state).await,
+        Method::GetBulkState => unary(api, req, state::get_bulk_state).await,
+        Method::SaveState => unary(api, req, state::save_state).await,
+        Method::DeleteState => unary(api, req, state::delete_state).await,
+        Method::DeleteBulkState => unary(api, req, state::delete_bulk_state).await,
+        Method::ExecuteStateTransaction => unary(api, req, state::execute_state_transaction).await,
+        Method::QueryStateAlpha1 => unary(api, req, state::query_state).await,
+        Method::GetMetadata => unary(api, req, state::get_metadata).await,
+        Method::SetMetadata => unary(api, req, state::set_metadata).await,
     }
 }
 
@@ -173,4 +199,27 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .serve_with_incoming_shutdown(service, incoming, stopped)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_by_path() {
+        assert!(matches!(
+            method("/dapr.proto.runtime.v1.Dapr/GetState"),
+            Ok(Method::GetState)
+        ));
+        let other = method("/dapr.proto.runtime.v1.Dapr/PublishEvent").unwrap_err();
+        assert_eq!(other.code(), tonic::Code::Unimplemented);
+        assert!(
+            other.message().contains("PublishEvent"),
+            "{}",
+            other.message()
+        );
+        let service = method("/grpc.health.v1.Health/Check").unwrap_err();
+        assert_eq!(service.code(), tonic::Code::Unimplemented);
+        assert!(service.message().contains("grpc.health.v1.Health/Check"));
+    }
 }

@@ -158,12 +158,11 @@ pub async fn save_state(api: Arc<GrpcApi>, req: rt::SaveStateRequest) -> Result<
         0 => Ok(()),
         1 => {
             let write = writes.remove(0);
-            let key = write.key.clone();
             entry
                 .store
                 .set(write)
                 .await
-                .map_err(|e| errors::store(Rpc::Save, &entry.name, &key, &e))
+                .map_err(|e| errors::store(Rpc::Save, &entry.name, "", &e))
         }
         _ => {
             let results = entry.store.bulk_set(writes).await;
@@ -230,7 +229,7 @@ pub async fn execute_state_transaction(
     let request_ttl = req.metadata.get(TTL).map(String::as_str);
     let mut ops = Vec::with_capacity(req.operations.len());
     for (i, op) in req.operations.into_iter().enumerate() {
-        let Some(item) = op.request else {
+        let Some(mut item) = op.request else {
             return Err(Status::invalid_argument(format!(
                 "operation {} has no request",
                 i + 1
@@ -242,8 +241,13 @@ pub async fn execute_state_transaction(
         let opts = options(item.etag.as_ref(), item.options.as_ref(), ttl).map_err(bad)?;
         ops.push(match op.operation_type.as_str() {
             "upsert" => Operation::Upsert(
-                set_request(&entry, &item.key, Bytes::from(item.value.clone()), opts)
-                    .map_err(bad)?,
+                set_request(
+                    &entry,
+                    &item.key,
+                    Bytes::from(std::mem::take(&mut item.value)),
+                    opts,
+                )
+                .map_err(bad)?,
             ),
             "delete" => Operation::Delete(delete_request(&entry, &item.key, opts).map_err(bad)?),
             other => return Err(errors::unsupported_operation(other)),
