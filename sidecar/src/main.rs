@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
 use clap::{Parser, ValueEnum};
 use statecar::api::{self, ApiConfig, AppState, ListenAddresses};
 use statecar::components::loader::{ComponentConfig, LoadContext, Loaded};
@@ -680,11 +681,11 @@ async fn run(cli: Cli) -> Result<()> {
 
 async fn serve(
     listener: TcpListener,
-    router: axum::Router,
+    app: api::Gate,
     stop: watch::Receiver<bool>,
     header_timeout: Duration,
 ) -> Result<()> {
-    api::server::serve(listener, router, stop, header_timeout).await;
+    api::server::serve(listener, app, stop, header_timeout).await;
     Ok(())
 }
 

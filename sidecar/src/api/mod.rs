@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::Uri;
-use axum::middleware::{self, Next};
+use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use tokio::net::TcpListener;
@@ -18,11 +16,13 @@ use crate::components::Registry;
 pub mod auth;
 pub mod body;
 pub mod errors;
+pub mod gate;
 pub mod health;
 pub mod server;
 pub mod state;
 
 pub use errors::ApiError;
+pub use gate::Gate;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -65,8 +65,8 @@ pub struct ApiConfig {
     pub api_token: Option<String>,
 }
 
-/// The API port's routes.
-pub fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
+/// The API port's routes, behind the path and token checks.
+pub fn router(state: Arc<AppState>, config: &ApiConfig) -> Gate {
     let routes = Router::new()
         .route("/v1.0/state/{store}", post(state::save).put(state::save))
         .route("/v1.0/state/{store}/{key}", any(state::by_key))
@@ -74,104 +74,32 @@ pub fn router(state: Arc<AppState>, config: &ApiConfig) -> Router {
             "/v1.0-alpha1/state/{store}/query",
             post(state::query).put(state::query),
         )
-        .merge(health::routes());
-    // The fallbacks come before the token layer so that unknown routes need the token too.
-    let routes = routes
+        .merge(health::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
-        .layer(middleware::from_fn(utf8_path));
-    let routes = match &config.api_token {
-        Some(token) => routes.layer(middleware::from_fn_with_state(
-            Arc::new(auth::Token::new(token)),
-            auth::check,
-        )),
-        None => routes,
-    };
-    routes
         .layer(DefaultBodyLimit::max(config.max_body_size))
-        .with_state(state)
+        .with_state(state);
+    let token = config
+        .api_token
+        .as_deref()
+        .map(|t| Arc::new(auth::Token::new(t)));
+    Gate::api(routes, token)
 }
 
 /// The public port: health and metadata only, without a token, as daprd's. It listens on all
 /// interfaces by default (the kubelet probes it from outside the pod); the state API is not
 /// served there.
-pub fn public_router(state: Arc<AppState>) -> Router {
-    health::routes()
+pub fn public_router(state: Arc<AppState>) -> Gate {
+    let routes = health::routes()
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    Gate::public(routes)
 }
 
 /// Unknown routes: Dapr hands them to service invocation, which answers 404.
 async fn not_found() -> Response {
     ApiError::direct_invoke().into_response()
-}
-
-/// Store names and keys are percent-decoded from the path into strings. A path that does not
-/// decode to UTF-8 (`%FF`) is answered as a malformed request, in JSON like every other error
-/// (axum's own rejection is plain text).
-async fn utf8_path(req: Request, next: Next) -> Response {
-    if !decodes_to_utf8(req.uri().path()) {
-        return ApiError::malformed("invalid URL: the path is not UTF-8 once percent-decoded")
-            .into_response();
-    }
-    next.run(req).await
-}
-
-/// Whether percent-decoding `path` (as axum decodes path parameters: `%XX` with two hex
-/// digits is a byte, anything else is literal) yields UTF-8.
-fn decodes_to_utf8(path: &str) -> bool {
-    if !path.contains('%') {
-        return true;
-    }
-    let b = path.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    std::str::from_utf8(&out).is_ok()
-}
-
-/// Collapses duplicate slashes and drops one trailing slash, as Dapr does before routing.
-pub async fn normalize_path(mut req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let needs = path.contains("//") || (path.len() > 1 && path.ends_with('/'));
-    if needs {
-        let mut clean = String::with_capacity(path.len());
-        for c in path.chars() {
-            if !(c == '/' && clean.ends_with('/')) {
-                clean.push(c);
-            }
-        }
-        if clean.len() > 1 && clean.ends_with('/') {
-            clean.pop();
-        }
-        if let Some(q) = req.uri().query() {
-            clean.push('?');
-            clean.push_str(q);
-        }
-        let mut parts = req.uri().clone().into_parts();
-        if let Ok(pq) = clean.parse() {
-            parts.path_and_query = Some(pq);
-            if let Ok(uri) = Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
-        }
-    }
-    next.run(req).await
 }
 
 /// Listen addresses, from a comma-separated list such as `[::1],127.0.0.1`.
@@ -280,15 +208,6 @@ fn address_unavailable(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_decoded_paths() {
-        assert!(decodes_to_utf8("/v1.0/state/s/plain"));
-        assert!(decodes_to_utf8("/v1.0/state/s/a%2Fb%20c%E2%82%AC"));
-        assert!(decodes_to_utf8("/v1.0/state/s/%ZZ%2"));
-        assert!(!decodes_to_utf8("/v1.0/state/s/%FF"));
-        assert!(!decodes_to_utf8("/v1.0/state/s/%E2%82"));
-    }
 
     #[test]
     fn listen_addresses() {

@@ -4,20 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::{Layer, Service};
 
 /// How long the accept loop pauses after an error such as EMFILE (too many open files), as
 /// axum's own loop does, so that a full file table does not spin a core.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// Serves `router` on `listener` until `stop` turns true. Then the listener is closed, idle
+/// Serves `app` on `listener` until `stop` turns true. Then the listener is closed, idle
 /// connections are closed, and requests in flight are answered (with `Connection: close`)
 /// before this returns.
 ///
@@ -30,12 +28,10 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// state or buffers, so that many idle connections cost little memory.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: super::Gate,
     mut stop: watch::Receiver<bool>,
     header_timeout: Duration,
 ) {
-    // Paths are normalised before routing, so the layer wraps the whole router.
-    let app = axum::middleware::from_fn(super::normalize_path).layer(router);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
@@ -74,8 +70,7 @@ pub async fn serve(
                 () = stopped(&mut stop) => return,
             }
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let mut app = app.clone();
-                async move { app.call(req.map(Body::new)).await }
+                app.handle(req.map(Body::new))
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
