@@ -28,7 +28,7 @@ use serde_json::Value;
 use statecar::api::{self, ApiConfig, AppState};
 use statecar::components::{KeyPrefix, Registry, StoreEntry, Stores};
 use statecar::store::MemoryStore;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()
@@ -76,8 +76,8 @@ fn parse_request(text: &[u8]) -> Option<Request<Body>> {
     req.body(Body::from(body.to_vec())).ok()
 }
 
-/// The API router over a fresh in-memory store.
-fn router() -> axum::Router {
+/// The API router, behind the server's path checks, over a fresh in-memory store.
+fn router() -> api::Gate {
     // Made outside the runtime, so the store starts no expiry task.
     let entry = StoreEntry {
         name: "statestore".into(),
@@ -118,8 +118,7 @@ fn check(what: &str, status: u16, content_type: Option<&str>, body: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // As the server does: paths are normalised before routing.
-    let service = axum::middleware::from_fn(api::normalize_path).layer(router());
+    let service = router();
     let mut rest = data;
     for _ in 0..MAX_REQUESTS {
         let (this, next) = match rest.windows(5).position(|w| w == b"\n===\n") {
