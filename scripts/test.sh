@@ -100,6 +100,16 @@ cargo test --workspace --locked "$@"
 step "benchmark harness smoke run (bench/run.sh --smoke)"
 bench/run.sh --smoke
 
+# The instruction counter (bench/instructions.sh compares two builds with it) on the debug build:
+# it only checks that the tool works.
+if ! command -v valgrind >/dev/null 2>&1; then
+  step "installing valgrind (bench/instructions.py)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq valgrind >/dev/null
+fi
+step "instruction count smoke run (bench/instructions.py)"
+python3 bench/instructions.py --seconds 1 --workloads get,save "$STATECAR_BIN"
+
 # The fuzz targets (request path, bodies, component files), 10 s each on top of the corpus.
 step "fuzzing smoke run (fuzz/smoke.sh)"
 fuzz/smoke.sh
