@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use statecar_tests::process::{Guarded, Spawn, free_port};
+use statecar_tests::redis_server::RedisServer;
 use statecar_tests::{Sidecar, SidecarBuilder, shared_redis, statecar_bin, unique};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -546,6 +547,67 @@ async fn a_refused_token_keeps_the_sidecar_unready_until_it_rotates() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
+}
+
+/// A store that cannot be reached when the configuration arrives is left out and retried, and
+/// the sidecar reports not ready until it starts (daprd exits instead; either way the pod is not
+/// ready without its store). The others are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_start_holds_readiness_until_it_does() {
+    let mut redis = RedisServer::start();
+    let host = redis.addr();
+    redis.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "sa-token").unwrap();
+    let app = unique("k8s");
+    let mut late = component("late", "state.redis", &[("redisHost", &host)]);
+    late["spec"]["initTimeout"] = json!("1s");
+    let op = FakeOperator::start("sa-token", &app, snapshot(1, &[memory_store(), late])).await;
+    let (proc, base) = spawn_unready(&app, &op.addr, &token_file, dir.path());
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let healthz = format!("{base}/v1.0/healthz");
+
+    eventually(
+        "the first configuration is applied",
+        Duration::from_secs(15),
+        async || {
+            proc.logs()
+                .contains("not ready until these components start")
+        },
+    )
+    .await;
+    let r = http.get(&healthz).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 500, "{}", proc.logs());
+    let save = |store: &str| {
+        http.post(format!("{base}/v1.0/state/{store}"))
+            .body(json!([{"key": "k", "value": 1}]).to_string())
+            .send()
+    };
+    assert_eq!(save("memstore").await.unwrap().status().as_u16(), 204);
+    let r = save("late").await.unwrap();
+    assert_eq!(r.status().as_u16(), 400, "late is not served yet");
+
+    // Still not ready over a few retries.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = http.get(&healthz).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 500);
+    let retries = proc
+        .logs()
+        .matches("retrying components that failed to start")
+        .count();
+    assert!(retries >= 1, "{}", proc.logs());
+
+    redis.restart();
+    let took = eventually(
+        "ready once Redis is up",
+        Duration::from_secs(20),
+        async || http.get(&healthz).send().await.unwrap().status().as_u16() == 204,
+    )
+    .await;
+    println!("ready {} ms after Redis came up", took.as_millis());
+    assert_eq!(save("late").await.unwrap().status().as_u16(), 204);
+    assert!(proc.logs().contains("every component has started: ready"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

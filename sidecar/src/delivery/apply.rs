@@ -31,6 +31,13 @@ impl Origin {
     }
 }
 
+/// The first retry of a component that failed to start comes this soon: a start that failed
+/// on something passing (a DNS answer lost and waited out, Redis still starting) is retried
+/// before the pod's readiness is checked again.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between retries while the sidecar has not yet been ready.
+pub const RETRY_UNREADY_MAX: Duration = Duration::from_secs(4);
+
 /// What [`Applier::apply`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -55,7 +62,17 @@ pub struct Applier {
     live: HashMap<String, Component>,
     /// Components that validated but could not be started; retried by [`Applier::retry`].
     failed: Vec<String>,
+    /// Whether one of `failed` lacks `ignoreErrors: true`.
+    failed_required: bool,
+    /// True once a configuration was in effect with every required component started. Until
+    /// then the sidecar reports not ready, as daprd does (it exits when a component cannot be
+    /// started); afterwards a component that fails to start on a change is only retried.
+    complete: bool,
     last_attempt: Instant,
+    /// How long after `last_attempt` the failed components are retried: doubles from
+    /// [`RETRY_FIRST`] after every failed attempt, up to [`RETRY_UNREADY_MAX`] before the
+    /// sidecar was first ready and [`super::RETRY_FAILED_EVERY`] after.
+    retry_delay: Duration,
     /// What the cache file holds (as far as this process knows).
     cached: Option<Vec<Component>>,
 }
@@ -78,7 +95,10 @@ impl Applier {
             revision: 0,
             live: HashMap::new(),
             failed: Vec::new(),
+            failed_required: false,
+            complete: false,
             last_attempt: Instant::now(),
+            retry_delay: RETRY_FIRST,
             cached: None,
         }
     }
@@ -95,7 +115,8 @@ impl Applier {
 
     /// Puts `snapshot` into effect: a component that is unchanged and running keeps its store;
     /// new or changed ones are started; an invalid one, or one that fails to start, is left out
-    /// (logged) without affecting the others. Marks the sidecar ready.
+    /// (logged) without affecting the others. Marks the sidecar ready once every component
+    /// that may not be skipped (no `ignoreErrors: true`) has started.
     pub async fn apply(&mut self, snapshot: &Snapshot, origin: Origin) -> Applied {
         for m in &snapshot.malformed {
             tracing::error!(source = origin.label(), "component rejected: {m}");
@@ -106,9 +127,10 @@ impl Applier {
             self.revision = snapshot.revision;
             Applied::Unchanged
         } else {
+            self.retry_delay = RETRY_FIRST;
             self.put_in_effect(snapshot, origin).await
         };
-        self.state.set_ready(true);
+        self.update_readiness();
         if origin == Origin::Operator {
             self.write_cache(snapshot);
         }
@@ -130,6 +152,49 @@ impl Applier {
             malformed: Vec::new(),
         };
         self.put_in_effect(&snapshot, Origin::Operator).await;
+        if !self.failed.is_empty() {
+            // Before the sidecar is first ready, the pod waits on this: retry more often.
+            let cap = if self.complete {
+                super::RETRY_FAILED_EVERY
+            } else {
+                RETRY_UNREADY_MAX
+            };
+            self.retry_delay = (self.retry_delay * 2).min(cap);
+        }
+        self.update_readiness();
+    }
+
+    /// Retries the failed components if their retry is due (see [`Applier::until_retry`]).
+    pub async fn retry_if_due(&mut self) {
+        self.retry(self.retry_delay).await;
+    }
+
+    /// How long until the failed components are due for a retry; `None` if none failed.
+    pub fn until_retry(&self) -> Option<Duration> {
+        (!self.failed.is_empty())
+            .then(|| self.retry_delay.saturating_sub(self.last_attempt.elapsed()))
+    }
+
+    /// Whether every component that may not be skipped has started (once, so far).
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    fn update_readiness(&mut self) {
+        if !self.complete && !self.failed_required {
+            if self.failed.is_empty() {
+                tracing::info!("every component has started: ready");
+            }
+            self.complete = true;
+        }
+        if !self.complete {
+            tracing::warn!(
+                components = ?self.failed,
+                "not ready until these components start; retrying in {:?}",
+                self.retry_delay
+            );
+        }
+        self.state.set_ready(self.complete);
     }
 
     async fn put_in_effect(&mut self, snapshot: &Snapshot, origin: Origin) -> Applied {
@@ -159,6 +224,7 @@ impl Applier {
             stores.by_name.insert(entry.name.clone(), entry);
         }
         let mut failed = Vec::new();
+        let mut failed_required = false;
         for (config, result) in start.iter().zip(results) {
             match result {
                 Ok(entry) => {
@@ -167,9 +233,10 @@ impl Applier {
                 Err(e) => {
                     tracing::error!(
                         "{e}; the component is left out (the other stores are served) and is \
-                         retried later"
+                         retried"
                     );
                     failed.push(config.name.clone());
+                    failed_required |= !config.ignore_errors;
                 }
             }
         }
@@ -185,6 +252,7 @@ impl Applier {
         drop(self.state.registry.swap(stores));
         self.live = live;
         self.failed = failed;
+        self.failed_required = failed_required;
         self.applied = Some(snapshot.components.clone());
         self.revision = snapshot.revision;
         let from = match origin {

@@ -115,22 +115,57 @@ async fn a_broken_component_does_not_take_the_others_down() {
             stores: vec!["a".into()]
         }
     );
-    assert!(state.is_ready());
+    // The others are served, but the sidecar is not ready while "down" has not started.
+    assert!(!state.is_ready());
+    assert!(!a.is_complete());
     assert_eq!(a.failed(), ["down"]);
+    assert_eq!(a.until_retry().map(|d| d <= RETRY_FIRST), Some(true));
 
-    // A failed component is retried (not before its time), keeping the running ones.
+    // A failed component is retried (not before its time), keeping the running ones, and
+    // each failed retry doubles the wait for the next.
     let a1 = entry(&state, "a").unwrap();
     a.retry(Duration::from_secs(3600)).await;
     assert_eq!(a.failed(), ["down"]);
     a.retry(Duration::ZERO).await;
     assert_eq!(a.failed(), ["down"]);
     assert!(Arc::ptr_eq(&a1, &entry(&state, "a").unwrap()));
+    let wait = a.until_retry().expect("a retry is due later");
+    assert!(wait > RETRY_FIRST && wait <= 2 * RETRY_FIRST, "{wait:?}");
+    assert!(!state.is_ready());
 
     // The same snapshot again is not "unchanged" while something failed.
     assert!(matches!(
         a.apply(&snap, Origin::Operator).await,
         Applied::Changed { .. }
     ));
+
+    // Once the failing component is gone (or has started), the sidecar is ready.
+    a.apply(&snapshot(2, vec![memory("a")]), Origin::Operator)
+        .await;
+    assert!(state.is_ready() && a.is_complete());
+    assert_eq!(a.until_retry(), None);
+
+    // After that, a change whose component fails to start is retried, and the sidecar stays
+    // ready with the others.
+    a.apply(
+        &snapshot(3, vec![memory("a"), dead_redis("down")]),
+        Origin::Operator,
+    )
+    .await;
+    assert!(state.is_ready());
+    assert_eq!(a.failed(), ["down"]);
+}
+
+#[tokio::test]
+async fn a_component_that_may_be_skipped_does_not_hold_readiness() {
+    let (state, mut a) = applier(None);
+    let mut optional = dead_redis("optional");
+    optional.spec.ignore_errors = true;
+    a.apply(&snapshot(1, vec![memory("a"), optional]), Origin::Operator)
+        .await;
+    assert!(state.is_ready());
+    // It is still retried.
+    assert_eq!(a.failed(), ["optional"]);
 }
 
 #[tokio::test]

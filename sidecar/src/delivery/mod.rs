@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
@@ -25,7 +25,8 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// First reconnect delay; doubles on every failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How often components that failed to start are retried.
+/// The longest wait between retries of components that failed to start (the first comes after
+/// [`apply::RETRY_FIRST`], then twice as long each time).
 pub const RETRY_FAILED_EVERY: Duration = Duration::from_secs(30);
 
 /// Everything Kubernetes mode needs, from the command line.
@@ -104,40 +105,60 @@ async fn follow(
     }
 }
 
-/// Falls back to the config cache when the operator does not deliver in time, then retries
-/// components that failed to start.
+/// Retries components that failed to start, when due, and falls back to the config cache
+/// when the operator has not delivered within `startup_timeout`.
 async fn upkeep(
     applier: Arc<Mutex<Applier>>,
     startup_timeout: Duration,
     has_cache: bool,
     operator: String,
 ) {
-    tokio::time::sleep(startup_timeout).await;
-    {
-        let mut a = applier.lock().await;
-        if !a.has_config() {
-            if a.apply_cache().await {
-                tracing::warn!(
-                    "no configuration from the operator at {operator} within {startup_timeout:?}: \
-                     serving the cached configuration until it can be reached"
-                );
-            } else {
-                let why = if has_cache {
-                    "and the config cache is empty"
-                } else {
-                    "and no --config-cache is set"
-                };
-                tracing::warn!(
-                    "no configuration from the operator at {operator} within {startup_timeout:?} \
-                     {why}: not ready (healthz answers 500) until the operator delivers"
-                );
-            }
-        }
-    }
-    let mut tick = tokio::time::interval(RETRY_FAILED_EVERY / 3);
+    let mut fallback_at = Some(Instant::now() + startup_timeout);
     loop {
-        tick.tick().await;
-        applier.lock().await.retry(RETRY_FAILED_EVERY).await;
+        // With nothing failed, look again in a while: a snapshot may bring a failure.
+        let mut wait = applier
+            .lock()
+            .await
+            .until_retry()
+            .unwrap_or(apply::RETRY_FIRST);
+        if let Some(at) = fallback_at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
+        tokio::time::sleep(wait).await;
+        if fallback_at.is_some_and(|at| Instant::now() >= at) {
+            fallback_at = None;
+            fall_back(&applier, startup_timeout, has_cache, &operator).await;
+        }
+        applier.lock().await.retry_if_due().await;
+    }
+}
+
+/// The operator has not delivered in time: the cached configuration, if there is one.
+async fn fall_back(
+    applier: &Mutex<Applier>,
+    startup_timeout: Duration,
+    has_cache: bool,
+    operator: &str,
+) {
+    let mut a = applier.lock().await;
+    if a.has_config() {
+        return;
+    }
+    if a.apply_cache().await {
+        tracing::warn!(
+            "no configuration from the operator at {operator} within {startup_timeout:?}: \
+             serving the cached configuration until it can be reached"
+        );
+    } else {
+        let why = if has_cache {
+            "and the config cache is empty"
+        } else {
+            "and no --config-cache is set"
+        };
+        tracing::warn!(
+            "no configuration from the operator at {operator} within {startup_timeout:?} \
+             {why}: not ready (healthz answers 500) until the operator delivers"
+        );
     }
 }
 
