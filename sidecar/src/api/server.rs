@@ -41,7 +41,13 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    // The tail of an answer goes out at once, not held back by Nagle's
+                    // algorithm until the client acknowledges the rest (Go's servers, daprd's
+                    // among them, set this too).
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
                 Err(e) if connection_error(&e) => continue,
                 Err(e) => {
                     tracing::warn!("accepting a connection failed: {e}; pausing for {ACCEPT_ERROR_PAUSE:?}");

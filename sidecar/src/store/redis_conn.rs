@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, TlsMode, Value};
 use statecar_crds::redis::{RedisMetadata, Topology};
@@ -316,6 +317,7 @@ impl Connections {
                     .map(|h| node_info(md, h))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut builder = ClusterClientBuilder::new(nodes)
+                    .tcp_settings(tcp_settings())
                     .connection_timeout(md.dial_timeout)
                     .retries(md.max_retries as u32)
                     .min_retry_wait(md.min_retry_interval.as_millis() as u64)
@@ -351,7 +353,8 @@ impl Connections {
                     })
                     .collect::<Result<Vec<_>, RedisError>>()?;
                 let mut node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(redis_settings(md));
+                    .set_redis_connection_info(redis_settings(md))
+                    .set_tcp_settings(tcp_settings());
                 if let Some(mode) = tls {
                     node = node.set_tls_mode(mode);
                 }
@@ -498,7 +501,16 @@ fn node_info(md: &RedisMetadata, host: &str) -> Result<redis::ConnectionInfo, Re
     }
     Ok(format!("{scheme}://{host}{fragment}")
         .into_connection_info()?
-        .set_redis_settings(settings))
+        .set_redis_settings(settings)
+        .set_tcp_settings(tcp_settings()))
+}
+
+/// TCP_NODELAY on every connection to Redis, as Redis clients and daprd's Go client set it.
+/// redis-rs leaves Nagle's algorithm on, which holds back the tail of a write while earlier data
+/// is unacknowledged: commands queued behind a large value, or behind a batch still in flight
+/// to a distant Redis, would wait up to a round trip for it.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 /// The cluster slot of a key (CRC16/XMODEM of the key, or of its first non-empty `{...}` hash
