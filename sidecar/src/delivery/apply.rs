@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use statecar_crds::Component;
+use tokio::sync::Notify;
 
 use super::stream::{Message, Snapshot, parse_message};
 use crate::api::AppState;
@@ -73,6 +74,8 @@ pub struct Applier {
     /// [`RETRY_FIRST`] after every failed attempt, up to [`RETRY_UNREADY_MAX`] before the
     /// sidecar was first ready and [`super::RETRY_FAILED_EVERY`] after.
     retry_delay: Duration,
+    /// Wakes the retry loop when components fail, so that it need not poll while none has.
+    failures: Arc<Notify>,
     /// What the cache file holds (as far as this process knows).
     cached: Option<Vec<Component>>,
 }
@@ -99,6 +102,7 @@ impl Applier {
             complete: false,
             last_attempt: Instant::now(),
             retry_delay: RETRY_FIRST,
+            failures: Arc::new(Notify::new()),
             cached: None,
         }
     }
@@ -175,12 +179,20 @@ impl Applier {
             .then(|| self.retry_delay.saturating_sub(self.last_attempt.elapsed()))
     }
 
+    /// Notified whenever a put into effect leaves components that failed to start.
+    pub fn failures(&self) -> Arc<Notify> {
+        self.failures.clone()
+    }
+
     /// Whether every component that may not be skipped has started (once, so far).
     pub fn is_complete(&self) -> bool {
         self.complete
     }
 
     fn update_readiness(&mut self) {
+        if !self.failed.is_empty() {
+            self.failures.notify_one();
+        }
         if !self.complete && !self.failed_required {
             if self.failed.is_empty() {
                 tracing::info!("every component has started: ready");
@@ -199,7 +211,6 @@ impl Applier {
 
     async fn put_in_effect(&mut self, snapshot: &Snapshot, origin: Origin) -> Applied {
         let started = Instant::now();
-        self.last_attempt = started;
         let configs = self.validate(snapshot, origin);
 
         // Unchanged and running: keep the store (and its connections).
@@ -253,6 +264,8 @@ impl Applier {
         self.live = live;
         self.failed = failed;
         self.failed_required = failed_required;
+        // Retries are timed from the end of an attempt, which may itself take initTimeout.
+        self.last_attempt = Instant::now();
         self.applied = Some(snapshot.components.clone());
         self.revision = snapshot.revision;
         let from = match origin {

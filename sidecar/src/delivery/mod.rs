@@ -114,17 +114,23 @@ async fn upkeep(
     operator: String,
 ) {
     let mut fallback_at = Some(Instant::now() + startup_timeout);
+    let failures = applier.lock().await.failures();
     loop {
-        // With nothing failed, look again in a while: a snapshot may bring a failure.
-        let mut wait = applier
-            .lock()
-            .await
-            .until_retry()
-            .unwrap_or(apply::RETRY_FIRST);
+        // With nothing failed, sleep until something does (or the fallback is due).
+        let mut wait = applier.lock().await.until_retry();
         if let Some(at) = fallback_at {
-            wait = wait.min(at.saturating_duration_since(Instant::now()));
+            let left = at.saturating_duration_since(Instant::now());
+            wait = Some(wait.map_or(left, |w| w.min(left)));
         }
-        tokio::time::sleep(wait).await;
+        match wait {
+            Some(wait) => {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = failures.notified() => {}
+                }
+            }
+            None => failures.notified().await,
+        }
         if fallback_at.is_some_and(|at| Instant::now() >= at) {
             fallback_at = None;
             fall_back(&applier, startup_timeout, has_cache, &operator).await;
