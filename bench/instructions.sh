@@ -34,9 +34,10 @@ binaries=()
 names=()
 if [ -n "$rev" ]; then
   short="$(git rev-parse --short "$rev^{commit}")"
-  worktree="$(mktemp -d)/statecar-$short"
+  scratch="$(mktemp -d)"
+  worktree="$scratch/statecar-$short"
   git worktree add --quiet --detach "$worktree" "$short"
-  trap 'git worktree remove --force "$worktree"' EXIT
+  trap 'git worktree remove --force "$worktree"; rmdir "$scratch"' EXIT
   # A target directory of its own: sharing this tree's would leave cargo's record of which
   # sources a binary came from pointing at the worktree, and the next build here would wrongly
   # count as up to date.
@@ -53,4 +54,5 @@ cp "$target_dir/release/statecar" "$out/statecar-tree"
 binaries+=("$out/statecar-tree")
 names+=("this tree")
 
-exec python3 bench/instructions.py --names "$(IFS=,; echo "${names[*]}")" "$@" "${binaries[@]}"
+# Not exec: the EXIT trap removes the revision's worktree afterwards.
+python3 bench/instructions.py --names "$(IFS=,; echo "${names[*]}")" "$@" "${binaries[@]}"
