@@ -327,26 +327,15 @@ def fixed_rate(client, url, duration, warmup, server_pid):
     return r
 
 
-def combine(runs):
-    """The median of each figure over several fixed-rate runs (the largest memory sample)."""
+def combine(runs, medians, peak):
+    """Rounds of one run: the median of each figure in `medians`, the largest `peak` (a memory
+    sample), requests and errors summed. The first failed round, if any, stands for them all."""
     failed = [r for r in runs if not r.get("ok")]
     if failed:
         return failed[0]
     out = {"ok": True, "rounds": runs, "requests": sum(r["requests"] for r in runs),
-           "errors": sum(r["errors"] for r in runs), "rss_kib": max(r["rss_kib"] for r in runs)}
-    for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "mcpu"):
-        out[k] = statistics.median(r[k] for r in runs)
-    return out
-
-
-def combine_throughput(runs):
-    """The median of each figure over rounds of the same closed-loop run."""
-    failed = [r for r in runs if not r.get("ok")]
-    if failed:
-        return failed[0]
-    out = {"ok": True, "rounds": runs, "requests": sum(r["requests"] for r in runs),
-           "errors": 0, "rss_peak_kib": max(r["rss_peak_kib"] for r in runs)}
-    for k in ("rps", "server_cpu_ms_per_1k", "redis_cpu_ms_per_1k", "loadgen_cpu_ms_per_1k"):
+           "errors": sum(r["errors"] for r in runs), peak: max(r[peak] for r in runs)}
+    for k in medians:
         out[k] = statistics.median(r[k] for r in runs)
     return out
 
@@ -495,7 +484,9 @@ def run(args):
                 rounds[peer].append(fixed_rate(args.fixed_rate, url, lat_duration, warmup, pid))
                 procs.check_alive()
         for peer, runs in rounds.items():
-            results["latency"][peer] = record(f"latency {peer}", combine(runs))
+            results["latency"][peer] = record(f"latency {peer}", combine(
+                runs, ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "mcpu"),
+                "rss_kib"))
 
         peers = (("statecar", statecar_port, statecar.pid), ("webdis", webdis_port, webdis.pid))
         for workload, (_, webdis_op, rb_test) in WORKLOADS.items():
@@ -533,7 +524,9 @@ def run(args):
                 for peer, _, _ in peers:
                     results["throughput"][f"{peer}/{workload}/{conns}"] = record(
                         f"{peer} {workload} {conns} connections",
-                        combine_throughput(runs[peer]))
+                        combine(runs[peer], ("rps", "server_cpu_ms_per_1k",
+                                             "redis_cpu_ms_per_1k", "loadgen_cpu_ms_per_1k"),
+                                "rss_peak_kib"))
                 results["redis_benchmark"][f"{conns}/1/{rb_test}"] = record(
                     f"redis-benchmark {rb_test} -c {conns} -P 1",
                     combine_redis_benchmark(runs["redis"]))

@@ -184,11 +184,6 @@ impl Applier {
         self.failures.clone()
     }
 
-    /// Whether every component that may not be skipped has started (once, so far).
-    pub fn is_complete(&self) -> bool {
-        self.complete
-    }
-
     fn update_readiness(&mut self) {
         if !self.failed.is_empty() {
             self.failures.notify_one();
