@@ -434,7 +434,10 @@ fn spawn_unready(
     token_file: &Path,
     log_dir: &Path,
 ) -> (Guarded, String) {
-    let (port, grpc_port) = (free_port(), free_port());
+    let port = free_port();
+    let grpc_port = std::iter::repeat_with(free_port)
+        .find(|p| *p != port)
+        .expect("a free port");
     let args = [
         "--mode",
         "kubernetes",

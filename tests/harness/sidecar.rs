@@ -191,7 +191,11 @@ impl SidecarBuilder {
         ]);
         // Always on a free port: in Kubernetes mode the default (50001) would be shared by
         // every sidecar of a test run.
-        let grpc_port = free_port();
+        // The kernel may hand out the same free port twice in a row; the sidecar refuses equal
+        // HTTP and gRPC ports, so draw again until they differ.
+        let grpc_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .expect("a free port");
         args.extend(["--dapr-grpc-port".to_string(), grpc_port.to_string()]);
         args.extend(self.args.iter().cloned());
         let mut env = vec![("HOME".to_string(), home.display().to_string())];
